@@ -1,0 +1,35 @@
+"""Mode dispatch: what main.py calls. Imports are per mode so `--mode=prepare` needs no model code."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from absl import logging
+
+MODES = ('train', 'evaluate', 'benchmark', 'prepare')
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  return os.path.join('runs', config.name)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None = None, mode: str = 'train') -> dict | None:
+  """Runs one mode of the command line. Returns what the mode produced (for tests and notebooks)."""
+  if mode not in MODES:
+    raise ValueError(f'Unknown --mode={mode!r}; choose one of {MODES}.')
+  workdir = workdir or default_workdir(config)
+  logging.info('mode=%s workdir=%s config=%s', mode, workdir, config.name)
+  if mode == 'prepare':
+    from rtda_jax.data import builders
+    return builders.prepare(config.data)
+  if mode == 'train':
+    from rtda_jax import trainer
+    return trainer.train_and_evaluate(config, workdir)
+  if mode == 'evaluate':
+    from rtda_jax import evaluate
+    return evaluate.evaluate_workdir(config, workdir)
+  if mode == 'benchmark':
+    from rtda_jax import benchmark
+    return benchmark.run(config, workdir)
+  raise AssertionError(mode)
