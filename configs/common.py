@@ -67,7 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.warmup_steps = 0
   train.loss = 'ce'  # ce | ohem | focal | ce_focal | dice
   train.aux_weight = 1.0  # weight of each auxiliary head's loss
-  train.augment = ()  # names of augmentations (rtda_jax/augment.py), or a preset name: 'light' / 'strong'
+  train.augment = 'none'  # a preset ('none', 'light', 'strong') or comma-separated op names (rtda_jax/augment.py)
   train.log_every_steps = 10
   train.checkpoint_every_steps = 200
   train.max_checkpoints = 2
