@@ -1,0 +1,137 @@
+"""BiSeNet v1 with a ResNet-18 context path, in the ooooverflow/BiSeNet lineage that course projects use.
+
+Submodule names follow that code (`attention_refinement_module1`, `feature_fusion_module`, `supervision1`, ...)
+except its `saptial_path` typo. As in its forward pass, the attention refinement modules apply no BatchNorm
+(pool -> 1x1 conv -> sigmoid). Upsampling is bilinear with half pixel centres (`jax.image.resize`, PyTorch's
+align_corners=False); no transposed convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rtda_jax.models.resnet import ResNet, batch_norm
+
+# torchvision's ImageNet statistics, for inputs in 0..255 RGB.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+  """[B, h, w, C] -> [B, H, W, C], bilinear, half-pixel centres (align_corners=False), no antialiasing."""
+  if tuple(x.shape[1:3]) == tuple(size):
+    return x
+  return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), method='bilinear', antialias=False)
+
+
+def imagenet_normalize(images: jnp.ndarray) -> jnp.ndarray:
+  """[B, H, W, 3] 0..255 RGB -> ImageNet-normalised float32."""
+  images = images.astype(jnp.float32)
+  return (images - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+
+
+def _conv(features: int, kernel: int, stride: int, padding: int, dtype: Any, name: str) -> nn.Conv:
+  """A PyTorch-default Conv2d (with bias) with explicit padding."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
+                 dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ConvBlock(nn.Module):
+  """Conv (with bias) + BN + ReLU."""
+  features: int
+  kernel: int = 3
+  stride: int = 2
+  padding: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    x = _conv(self.features, self.kernel, self.stride, self.padding, self.dtype, 'conv1')(x)
+    return nn.relu(batch_norm(train, False, self.dtype, name='bn')(x))
+
+
+class SpatialPath(nn.Module):
+  """Three 3x3 stride-2 ConvBlocks, 64 -> 128 -> 256 channels: [B, H, W, 3] -> [B, H/8, W/8, 256]."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    for i, features in enumerate((64, 128, 256), start=1):
+      x = ConvBlock(features, dtype=self.dtype, name=f'convblock{i}')(x, train)
+    return x
+
+
+class AttentionRefinementModule(nn.Module):
+  """x * sigmoid(conv1x1(global_avg_pool(x))): [B, h, w, C] -> [B, h, w, C]."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    att = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+    att = nn.sigmoid(_conv(x.shape[-1], 1, 1, 0, self.dtype, 'conv')(att))
+    return x * att
+
+
+class FeatureFusionModule(nn.Module):
+  """Concat -> ConvBlock(3x3) to num_classes -> channel attention; out = f * att + f. [B, h, w, num_classes]."""
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, spatial: jnp.ndarray, context: jnp.ndarray, train: bool) -> jnp.ndarray:
+    x = jnp.concatenate([spatial, context], axis=-1)  # [B, h, w, 1024] with ResNet-18
+    feature = ConvBlock(self.num_classes, stride=1, dtype=self.dtype, name='convblock')(x, train)
+    att = jnp.mean(feature, axis=(1, 2), keepdims=True)  # [B, 1, 1, num_classes]
+    att = nn.relu(_conv(self.num_classes, 1, 1, 0, self.dtype, 'conv1')(att))
+    att = nn.sigmoid(_conv(self.num_classes, 1, 1, 0, self.dtype, 'conv2')(att))
+    return feature * att + feature
+
+
+class BiSeNet(nn.Module):
+  """BiSeNet v1. images [B, H, W, 3] 0..255 RGB, H and W multiples of 32.
+
+  Returns {'logits': [B, H, W, K] float32, 'aux': (two [B, H, W, K] float32) if train else (),
+  'features': [B, H/32, W/32, 512] float32 (ResNet layer4)}.
+  """
+  num_classes: int = 19
+  backbone_depth: int = 18
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray, train: bool) -> dict[str, Any]:
+    height, width = images.shape[1:3]
+    if height % 32 or width % 32:
+      raise ValueError(f'BiSeNet needs an input height and width that are multiples of 32, got {height}x{width}.')
+    x = imagenet_normalize(images).astype(self.dtype)
+
+    spatial = SpatialPath(self.dtype, name='spatial_path')(x, train)  # [B, H/8, W/8, 256]
+    feats = ResNet(self.backbone_depth, dtype=self.dtype, name='context_path')(x, train)
+    cx1 = AttentionRefinementModule(self.dtype, name='attention_refinement_module1')(feats['layer3'])  # 1/16
+    tail = jnp.mean(feats['layer4'], axis=(1, 2), keepdims=True)  # [B, 1, 1, 512]
+    cx2 = AttentionRefinementModule(self.dtype, name='attention_refinement_module2')(feats['layer4']) * tail
+    size8 = spatial.shape[1:3]
+    cx1 = resize_bilinear(cx1, size8)  # [B, H/8, W/8, 256]
+    cx2 = resize_bilinear(cx2, size8)  # [B, H/8, W/8, 512]
+    context = jnp.concatenate([cx1, cx2], axis=-1)
+
+    fused = FeatureFusionModule(self.num_classes, self.dtype, name='feature_fusion_module')(spatial, context, train)
+    fused = resize_bilinear(fused, (height, width))  # [B, H, W, K]
+    logits = _conv(self.num_classes, 1, 1, 0, self.dtype, 'conv')(fused).astype(jnp.float32)
+
+    aux: tuple[jnp.ndarray, ...] = ()
+    if train or self.is_initializing():  # the heads' parameters exist in every mode
+      aux = tuple(
+          resize_bilinear(_conv(self.num_classes, 1, 1, 0, self.dtype, f'supervision{i}')(c),
+                          (height, width)).astype(jnp.float32)
+          for i, c in ((1, cx1), (2, cx2)))
+    return {'logits': logits, 'aux': aux if train else (), 'features': feats['layer4'].astype(jnp.float32)}
+
+
+def param_labels(params: Any) -> Any:
+  """'backbone' for the ResNet context path, 'head' for everything else."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'backbone' if path[0].key == 'context_path' else 'head', params)
