@@ -1,0 +1,254 @@
+"""grain pipelines over the built datasets: read, decode (Pillow), resize/crop to a fixed shape, shard, batch.
+
+- `train_loader`: shuffled, repeated, fixed-shape batches for one JAX process; its iterator's state can be saved
+  (`get_state`, a JSON-able dict) and restored (`set_state`; or with orbax through grain's own handler,
+  `orbax_save_args` / `orbax_restore_args`), after which it yields exactly the batches it would have yielded.
+- `eval_loader`: every image once, in the stored order, at the stored resolution; the last batch is padded with zero
+  images, all-255 labels and `valid=False`, and every process gets the same number of batches.
+
+No TensorFlow: records come from the TFDS array_record data source and PNG bytes are decoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from rtda_jax import labels
+from rtda_jax.data import builders
+
+DOMAINS = builders.DOMAINS
+RESIZE_MODES = ('resize', 'crop')
+
+
+# ---- decoding and per-example transforms (run in grain workers; must pickle) -------------------------------------
+
+
+def decode_png(data: bytes, mode: str) -> Image.Image:
+  """PNG bytes -> a loaded PIL image in `mode` ('RGB' or 'L')."""
+  im = Image.open(io.BytesIO(data))
+  im.load()
+  return im if im.mode == mode else im.convert(mode)
+
+
+def decode_example(features: dict[str, Any]) -> tuple[Image.Image, Image.Image]:
+  """A stored record -> (RGB image, 'L' train-id label)."""
+  return decode_png(features['image'], 'RGB'), decode_png(features['label'], 'L')
+
+
+class DecodeResize(grain.transforms.Map):
+  """Decodes and resizes the whole example to `shape` = (H, W): image bilinear, label nearest."""
+
+  def __init__(self, shape: Sequence[int]):
+    self.shape = tuple(int(s) for s in shape)
+
+  def map(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
+    image, label = decode_example(features)
+    h, w = self.shape
+    if image.size != (w, h):
+      image = image.resize((w, h), Image.BILINEAR)
+    if label.size != (w, h):
+      label = label.resize((w, h), Image.NEAREST)
+    return {'image': np.asarray(image), 'label': np.asarray(label)}  # [H, W, 3], [H, W] uint8
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, shape: Sequence[int],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """A random (H, W) crop of [h, w, 3] / [h, w]; a smaller example is padded (image 0, label 255) first."""
+  th, tw = shape
+  h, w = label.shape
+  if h < th or w < tw:
+    ph, pw = max(h, th), max(w, tw)
+    padded_image = np.zeros((ph, pw, 3), np.uint8)
+    padded_label = np.full((ph, pw), labels.IGNORE, np.uint8)
+    padded_image[:h, :w], padded_label[:h, :w] = image, label
+    image, label, h, w = padded_image, padded_label, ph, pw
+  y = int(rng.integers(0, h - th + 1))
+  x = int(rng.integers(0, w - tw + 1))
+  return image[y:y + th, x:x + tw], label[y:y + th, x:x + tw]
+
+
+class DecodeRandomCrop(grain.transforms.RandomMap):
+  """Decodes and takes a random crop of `shape` = (H, W); the position comes from grain's per-record RNG."""
+
+  def __init__(self, shape: Sequence[int]):
+    self.shape = tuple(int(s) for s in shape)
+
+  def random_map(self, features: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image, label = decode_example(features)
+    image, label = random_crop(np.asarray(image), np.asarray(label), self.shape, rng)
+    return {'image': np.ascontiguousarray(image), 'label': np.ascontiguousarray(label)}  # [H, W, 3], [H, W]
+
+
+# ---- the train loader ---------------------------------------------------------------------------------------------
+
+
+def data_source(data_config: ml_collections.ConfigDict, domain: str, split: str) -> Any:
+  """The TFDS array_record data source of a built split (random access, picklable, TensorFlow-free)."""
+  if domain not in DOMAINS:
+    raise ValueError(f'Unknown domain {domain!r}; choose one of {DOMAINS}.')
+  builder = builders.load_builder(data_config, domain)
+  if split not in builder.info.splits:
+    raise builders.DatasetError(f'Dataset {domain!r} in {builder.data_dir} has no split {split!r}; it has '
+                                f'{sorted(builder.info.splits)}.')
+  return builder.as_data_source(split)
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+  """global_batch_size // jax.process_count(); ValueError unless it divides evenly."""
+  import jax  # pylint: disable=g-import-not-at-top
+  count = jax.process_count()
+  if global_batch_size <= 0 or global_batch_size % count:
+    raise ValueError(f'The global batch size {global_batch_size} must be a positive multiple of the number of JAX '
+                     f'processes ({count}); change train.batch_size.')
+  return global_batch_size // count
+
+
+def _ensure_flags_parsed() -> None:
+  """grain's worker processes read absl flags; outside an absl app (tests, notebooks) use their defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def train_loader(data_config: ml_collections.ConfigDict, domain: str, split: str, global_batch_size: int,
+                 seed: int, shape: Sequence[int], num_epochs: int | None = None,
+                 num_workers: int | None = None) -> grain.DataLoaderIterator:
+  """Shuffled fixed-shape batches of this process's shard, forever when num_epochs is None.
+
+  Yields {'image': uint8 [B, H, W, 3], 'label': uint8 [B, H, W]} with B = global_batch_size // process_count and
+  (H, W) = shape; `data_config.resize_mode` picks whole-image resize or a random crop. `seed` in [0, 2**32) fixes the
+  order and the crops; `num_workers` (default data_config.num_workers) worker processes decode, 0 = in-process.
+  """
+  batch = per_process_batch_size(global_batch_size)
+  if data_config.resize_mode == 'resize':
+    op = DecodeResize(shape)
+  elif data_config.resize_mode == 'crop':
+    op = DecodeRandomCrop(shape)
+  else:
+    raise ValueError(f'Unknown data.resize_mode {data_config.resize_mode!r}; choose one of {RESIZE_MODES}.')
+  source = data_source(data_config, domain, split)
+  _ensure_flags_parsed()
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
+                                        num_epochs=num_epochs, seed=int(seed))
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler, shard_options=shard,
+      operations=[op, grain.transforms.Batch(batch_size=batch, drop_remainder=True)],
+      worker_count=data_config.num_workers if num_workers is None else num_workers,
+      worker_buffer_size=max(1, int(data_config.prefetch)))
+  return iter(loader)
+
+
+def get_state(iterator: grain.DataLoaderIterator) -> dict[str, Any]:
+  """The iterator's position as a JSON-serialisable dict (e.g. for orbax's JsonSave); restore it with `set_state`."""
+  return json.loads(iterator.get_state())
+
+
+def set_state(iterator: grain.DataLoaderIterator, state: dict[str, Any] | bytes | str) -> None:
+  """Moves a freshly built iterator (same arguments as the saved one) to a saved position: the batches it yields
+  next are exactly those the saved iterator would have yielded."""
+  if isinstance(state, dict):
+    state = json.dumps(state)
+  iterator.set_state(state.encode() if isinstance(state, str) else state)
+
+
+def orbax_save_args(iterator: grain.DataLoaderIterator) -> Any:
+  """Orbax CheckpointArgs that save the iterator (grain's handler: one JSON file per process)."""
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def orbax_restore_args(iterator: grain.DataLoaderIterator) -> Any:
+  """Orbax CheckpointArgs that restore a saved state into `iterator` (which the restore returns)."""
+  return grain.checkpoint.CheckpointRestore(iterator)
+
+
+# ---- the evaluation loader ----------------------------------------------------------------------------------------
+
+
+_PADDING: dict[str, Any] = {'padding': True}  # not None: grain treats None as a filtered-out element
+
+
+class _PaddedSource:
+  """This process's block of record indices, padded with -1 to whole batches; a padding record is _PADDING."""
+
+  def __init__(self, source: Any, indices: Sequence[int]):
+    self._source, self._indices = source, list(indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    k = self._indices[i]
+    return _PADDING if k < 0 else self._source[k]
+
+
+class DecodeEval(grain.transforms.Map):
+  """Decodes at the stored size (H, W); a padding record becomes a zero image, an all-255 label, valid=False."""
+
+  def __init__(self, size: Sequence[int], where: str):
+    self.size, self.where = tuple(int(s) for s in size), where
+
+  def map(self, features: dict[str, Any]) -> dict[str, Any]:
+    h, w = self.size
+    if 'padding' in features:
+      return {'image': np.zeros((h, w, 3), np.uint8), 'label': np.full((h, w), labels.IGNORE, np.uint8),
+              'valid': np.bool_(False), 'name': ''}
+    image, label = decode_example(features)
+    name = features['name'].decode() if isinstance(features['name'], bytes) else str(features['name'])
+    if image.size != (w, h) or label.size != (w, h):
+      raise builders.DatasetError(
+          f'Example {name!r} of {self.where} is {image.size[0]}x{image.size[1]} (label {label.size[0]}x'
+          f'{label.size[1]}) but the split is stored at {w}x{h} (WxH); evaluation needs one size. Rebuild the '
+          'dataset (delete its folder and run --mode=prepare).')
+    return {'image': np.asarray(image), 'label': np.asarray(label), 'valid': np.bool_(True), 'name': name}
+
+
+class EvalLoader:
+  """Iterable over this process's evaluation batches; iterate it again for another pass.
+
+  Each batch: image uint8 [B, H, W, 3], label uint8 [B, H, W], valid bool [B], name str [B] ('' for padding).
+  """
+
+  def __init__(self, data_config: ml_collections.ConfigDict, domain: str, split: str, batch_size: int,
+               num_threads: int | None = None):
+    import jax  # pylint: disable=g-import-not-at-top
+    if batch_size <= 0:
+      raise ValueError(f'Evaluation batch size must be positive, got {batch_size}.')
+    source = data_source(data_config, domain, split)
+    builder = builders.load_builder(data_config, domain)
+    self.size = builder.size  # (H, W) of every image of the split
+    self.batch_size = batch_size
+    self.num_examples = len(source)  # real examples over all processes
+    count, index = jax.process_count(), jax.process_index()
+    per_process = math.ceil(self.num_examples / count)
+    self.num_batches = math.ceil(per_process / batch_size)  # per process; equal on every process
+    start = index * per_process
+    block = list(range(start, min(start + per_process, self.num_examples)))
+    block += [-1] * (self.num_batches * batch_size - len(block))
+    threads = num_threads if num_threads is not None else max(1, int(data_config.num_workers))
+    where = f'{domain}/{split} in {builder.data_dir}'
+    self._dataset = (grain.MapDataset.source(_PaddedSource(source, block))
+                     .map(DecodeEval(self.size, where))
+                     .batch(batch_size)
+                     .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return iter(self._dataset)
+
+
+def eval_loader(data_config: ml_collections.ConfigDict, domain: str, split: str, batch_size: int,
+                num_threads: int | None = None) -> EvalLoader:
+  """Every image of `split` exactly once over all processes, in the stored order, padded to whole batches."""
+  return EvalLoader(data_config, domain, split, batch_size, num_threads)
