@@ -1,6 +1,6 @@
 """rtda-jax command line: `python main.py --config=configs/adv.py[:preset] [--workdir=DIR] [--mode=...]`."""
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rtda_jax import app as rtda_app
@@ -16,6 +16,8 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax and TFDS log every file at INFO; --verbosity=0 brings it back
+    logging.set_verbosity(logging.WARNING)
   rtda_app.run(_CONFIG.value, workdir=_WORKDIR.value, mode=_MODE.value)
 
 

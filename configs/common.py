@@ -17,6 +17,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.name = 'base'
   config.seed = 0
   config.method = 'supervised'
+  config.num_devices = 0  # devices in the data-parallel mesh; 0 = every visible device
+  config.jax_cache_dir = ''  # persistent XLA compilation cache; '' = <data.root>/jax_cache, 'none' = off
 
   # ---- data -------------------------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
@@ -71,6 +73,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.log_every_steps = 10
   train.checkpoint_every_steps = 200
   train.max_checkpoints = 2
+  train.stop_after_steps = 0  # >0: checkpoint and stop after this many steps of this invocation (job time slots)
 
   # ---- evaluation -------------------------------------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()

@@ -45,6 +45,7 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, dilation
 def batch_norm(train: bool, frozen: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
   """PyTorch BatchNorm2d semantics (momentum 0.1 == Flax 0.9, eps 1e-5); frozen = always running averages."""
   return nn.BatchNorm(use_running_average=frozen or not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      use_fast_variance=False,
                       param_dtype=jnp.float32, name=name)
 
 

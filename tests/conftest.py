@@ -1,0 +1,16 @@
+"""Test session set-up: 8 fake CPU devices (for the data-parallel tests) and a persistent compilation cache.
+
+Both must be configured before JAX initialises its backend, hence here.
+"""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+
+# Compiled executables are reused across tests and test runs (identical programs compile once).
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('RTDA_TEST_JAX_CACHE', os.path.join(os.path.dirname(__file__), '..', '.jax_cache')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

@@ -1,0 +1,155 @@
+"""The generic trainer end to end on tiny data: files it writes, exact reproducibility, exact resume, NaN guard,
+data parallelism, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rtda_jax import app, checkpointing, parallel
+from rtda_jax.methods import base
+from tests.trainer_utils import TINY, assert_trees_equal, read_eval, restore_params, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('data'))
+  app.run(tiny_config(root), mode='prepare')
+  return root
+
+
+@pytest.fixture(scope='module')
+def straight_run(data_root, tmp_path_factory):
+  """6 steps without stopping."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  result = app.run(tiny_config(data_root), workdir=workdir)
+  return workdir, result
+
+
+def test_run_writes_the_workdir_contract(straight_run):
+  workdir, result = straight_run
+  for name in ('config.json', 'metrics.jsonl', 'eval.json', 'tensorboard', 'predictions', 'checkpoints'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  ev = read_eval(workdir)
+  assert ev == json.loads(json.dumps(result))
+  assert set(ev) == {'dataset', 'split', 'step', 'num_images', 'miou', 'per_class_iou', 'pixel_accuracy',
+                     'mean_class_accuracy', 'fwiou'}
+  assert ev['dataset'] == 'cityscapes' and ev['split'] == 'val' and ev['step'] == 6 and ev['num_images'] == 8
+  assert 0.0 <= ev['miou'] <= 100.0 and len(ev['per_class_iou']) == 19
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_lines = [l for l in lines if 'loss' in l]
+  assert [l['step'] for l in train_lines] == [2, 4, 6]
+  assert all(np.isfinite(l['loss']) and l['images_per_sec'] > 0 and l['lr'] > 0 for l in train_lines)
+  assert len(os.listdir(os.path.join(workdir, 'predictions'))) == 2
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+def test_same_seed_gives_bit_identical_parameters_and_eval(straight_run, data_root, tmp_path):
+  workdir, _ = straight_run
+  again = str(tmp_path / 'again')
+  app.run(tiny_config(data_root), workdir=again)
+  assert_trees_equal(restore_params(workdir), restore_params(again))
+  assert read_eval(workdir) == read_eval(again)
+
+
+def test_other_seed_gives_other_parameters(straight_run, data_root, tmp_path):
+  other = str(tmp_path / 'other')
+  app.run(tiny_config(data_root, seed=1), workdir=other)
+  a = restore_params(straight_run[0])['seg']['params']
+  b = restore_params(other)['seg']['params']
+  assert not np.array_equal(a['conv']['kernel'], b['conv']['kernel'])
+
+
+def test_stop_and_resume_equals_never_stopping(straight_run, data_root, tmp_path):
+  workdir = str(tmp_path / 'resumed')
+  app.run(tiny_config(data_root, **{'train.stop_after_steps': 3}), workdir=workdir)
+  assert not os.path.exists(os.path.join(workdir, 'eval.json'))
+  assert restore_params(workdir)['seg']['step'] == 3
+  app.run(tiny_config(data_root), workdir=workdir)
+  assert_trees_equal(restore_params(straight_run[0]), restore_params(workdir))
+  assert read_eval(straight_run[0]) == read_eval(workdir)
+  steps = [json.loads(l)['step'] for l in open(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in l]
+  assert steps == [2, 4, 6]  # nothing logged twice across the restart
+
+
+def test_evaluate_mode_reproduces_the_final_eval(straight_run, data_root):
+  workdir, _ = straight_run
+  saved = read_eval(workdir)
+  result = app.run(tiny_config(data_root), workdir=workdir, mode='evaluate')
+  assert result['miou'] == saved['miou'] and result['step'] == saved['step']
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  app.run(tiny_config(data_root, **{'train.stop_after_steps': 2}), workdir=workdir)
+  with pytest.raises(FloatingPointError, match=r'step [34]\b.*last good checkpoint \(step 2\)'):
+    app.run(tiny_config(data_root, **{'train.learning_rate': 1e30}), workdir=workdir)
+  assert restore_params(workdir)['seg']['step'] == 2
+
+
+def test_sigterm_sets_the_stop_flag_and_restores_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with checkpointing.StopRequest() as stop:
+    assert not stop
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop and stop.signum == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  mesh = parallel.make_mesh(8)
+  with pytest.raises(ValueError, match='train.batch_size=6 is not divisible by the 8 devices'):
+    parallel.check_batch_size(6, mesh)
+
+
+def _one_step(config, num_devices: int, batch):
+  mesh = parallel.make_mesh(num_devices)
+  method = base.get_method(config)
+  state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY}), mesh)
+  rep = parallel.replicated(mesh)
+  step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
+  for _ in range(2):
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  return jax.device_get(state.seg.params), jax.device_get(metrics)
+
+
+def test_one_and_eight_devices_give_the_same_step(data_root):
+  assert len(jax.devices()) >= 8, 'conftest sets 8 fake CPU devices'
+  config = tiny_config(data_root, **{'train.batch_size': 8})
+  rng = np.random.default_rng(0)
+  batch = {'source': {'image': rng.integers(0, 256, (8, *TINY, 3), dtype=np.uint8),
+                      'label': rng.integers(0, 19, (8, *TINY), dtype=np.uint8)}}
+  params1, metrics1 = _one_step(config, 1, batch)
+  params8, metrics8 = _one_step(config, 8, batch)
+  np.testing.assert_allclose(metrics1['loss'], metrics8['loss'], rtol=1e-5, atol=1e-5)
+  assert_trees_equal(params1, params8, atol=1e-5)
+
+
+def test_command_line_end_to_end(data_root, tmp_path):
+  workdir = str(tmp_path / 'cli')
+  args = [f'--config.data.root={data_root}', '--config.data.synthetic.num_gta5=16',
+          '--config.data.synthetic.num_cityscapes_train=16', '--config.data.synthetic.num_cityscapes_val=8',
+          *[f'--config.data.{f}=(64,64)' for f in ('synthetic.gta5_size', 'synthetic.cityscapes_size', 'gta5_size',
+                                                  'cityscapes_size', 'source_train_size', 'target_train_size')],
+          '--config.data.num_workers=0', '--config.train.batch_size=2', '--config.train.num_steps=2',
+          '--config.num_devices=1']
+  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, 'main.py', '--config=configs/oracle.py', f'--workdir={workdir}', *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'mIoU' in proc.stdout + proc.stderr
+  ev = read_eval(workdir)
+  assert ev['step'] == 2 and ev['dataset'] == 'cityscapes'
+  bad = subprocess.run([sys.executable, 'main.py', '--config=configs/oracle.py', '--config.train.no_such_key=1'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'no_such_key' in bad.stderr

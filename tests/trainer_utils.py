@@ -1,0 +1,62 @@
+"""Tiny end-to-end configs for the trainer tests: a few 64x64 images per domain, a handful of steps."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+TINY = (64, 64)
+
+
+def tiny_config(data_root: str, config_name: str = 'source_only', preset: str | None = None, **overrides):
+  """A config of `configs/<config_name>.py` shrunk to seconds per run on a CPU."""
+  config = importlib.import_module(f'configs.{config_name}').get_config(preset)
+  d = config.data
+  d.root = data_root
+  d.synthetic.gta5_size = d.synthetic.cityscapes_size = TINY
+  d.synthetic.num_gta5, d.synthetic.num_cityscapes_train, d.synthetic.num_cityscapes_val = 16, 16, 8
+  d.gta5_size = d.cityscapes_size = d.source_train_size = d.target_train_size = TINY
+  d.num_workers = 0
+  d.eval_batch_size = 8
+  config.num_devices = 1
+  config.train.batch_size = 2
+  config.train.num_steps = 6
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 100
+  config.eval.every_steps = 1000
+  config.eval.num_prediction_images = 2
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def restore_params(workdir: str) -> dict:
+  """The raw saved state of the last checkpoint as a tree of numpy arrays (independent of the method code)."""
+  root = os.path.join(workdir, 'checkpoints', 'last')
+  step = max(int(s) for s in os.listdir(root) if s.isdigit())
+  with ocp.PyTreeCheckpointer() as ckpt:
+    return ckpt.restore(os.path.join(root, str(step), 'state'))
+
+
+def assert_trees_equal(a, b, atol: float = 0.0) -> None:
+  import jax
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    if atol:
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0, err_msg=str(path))
+    else:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def read_eval(workdir: str) -> dict:
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    return json.load(f)
