@@ -29,11 +29,6 @@ def train_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]
   return {'source': tuple(config.data.source_train_size), 'target': tuple(config.data.target_train_size)}
 
 
-def domain_dataset(config: ml_collections.ConfigDict, domain: str) -> str:
-  """'source' / 'target' -> the dataset name ('gta5' or 'cityscapes')."""
-  return {'source': config.data.source, 'target': config.data.target}[domain]
-
-
 def data_seed(seed: int, domain: str) -> int:
   """A 31-bit integer seed for a domain's data order, derived from config.seed."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _DATA), ('source', 'target').index(domain))
@@ -105,16 +100,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.train.batch_size, mesh)
   _write_config(config, workdir)
-  builders.prepare(config.data)
-
   method = base.get_method(config)
+  builders.prepare(config.data)
+  train_data = {d: method.train_data(d) for d in method.domains}
+  for data_config, _ in train_data.values():
+    if data_config is not config.data:
+      builders.prepare(data_config)
+
   root = jax.random.PRNGKey(config.seed)
   state = method.init(jax.random.fold_in(root, _INIT), train_shapes(config))
   shapes = train_shapes(config)
-  loaders = {d: pipeline.train_loader(config.data, domain_dataset(config, d), 'train', config.train.batch_size,
-                                      seed=data_seed(config.seed, d), shape=shapes[d])
-             for d in method.domains}
-  iterators = {d: iter(loader) for d, loader in loaders.items()}
+  iterators = {d: pipeline.train_loader(data_config, dataset, 'train', config.train.batch_size,
+                                        seed=data_seed(config.seed, d), shape=shapes[d])
+               for d, (data_config, dataset) in train_data.items()}
 
   checkpointer = checkpointing.Checkpointer(workdir, config.train.max_checkpoints)
   start, best_miou, result = 0, -1.0, None

@@ -106,6 +106,12 @@ class Method(abc.ABC):
   def train_step(self, state: Any, batch: Batch) -> tuple[Any, Metrics]:
     """One optimisation step. Pure; jitted by the trainer with the state donated."""
 
+  def train_data(self, domain: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(data config, dataset name) the trainer reads `domain`'s training batches from. Self-training overrides it
+    to read a pseudo-labelled copy of the target."""
+    data = self.config.data
+    return data, {'source': data.source, 'target': data.target}[domain]
+
   def eval_variables(self, state: Any) -> dict[str, Any]:
     """The segmentation variables to evaluate (the student by default)."""
     return state.seg.variables
