@@ -90,6 +90,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   bench.dtypes = ()  # empty = device default
   bench.batch_sizes = ()
   bench.num_runs = 0  # 0 = device default
+  bench.models = ()  # model names; empty = device default (GPU: bisenet and deeplabv2; CPU: config.model.name)
+  bench.methods = ('supervised', 'adversarial')  # training steps to time; () = forward only
+  bench.train_batch_size = 0  # per domain; 0 = train.batch_size (at most 2 on CPU)
 
   return config
 
