@@ -7,7 +7,7 @@ import os
 import ml_collections
 from absl import logging
 
-MODES = ('train', 'evaluate', 'benchmark', 'prepare')
+MODES = ('train', 'evaluate', 'benchmark', 'prepare', 'pseudolabel')
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
@@ -43,4 +43,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, mode: str
   if mode == 'benchmark':
     from rtda_jax import benchmark
     return benchmark.run(config, workdir)
+  if mode == 'pseudolabel':
+    from rtda_jax import selftrain
+    return selftrain.run(config, workdir)
   raise AssertionError(mode)

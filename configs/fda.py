@@ -1,0 +1,90 @@
+"""FDA: Fourier domain adaptation GTA5 -> Cityscapes, multi-band transfer (MBT) and self-training.
+
+Presets (combinable with ','):
+- `b001`, `b005`, `b009` (or `beta0.01`, ...): the FDA beta; each gets its own default workdir runs/fda_b001, ...
+- `mbt`: `--mode=pseudolabel` settings: ensemble of `mbt.workdirs` (default the three beta runs), evaluated on the
+  target val split, and pseudo-labels of the target train split written to <data.root>/pseudo/<mbt.name>/.
+- `selftrain`: FDA plus CE on the pseudo-labels of `selftrain.pseudo_dir` (default <data.root>/pseudo/<mbt.name>).
+- `deeplabv2` (DeepLab-v2 ResNet-101, FDA's network), `paper` (the real-time course setting on the real datasets).
+"""
+
+import re
+
+import ml_collections
+
+from configs import common
+
+FDA_PRESETS = ('mbt', 'selftrain')
+_BETA = (re.compile(r'^b(\d{3})$'), re.compile(r'^beta(\d*\.?\d+)$'))
+
+
+def parse_beta(preset: str) -> float | None:
+  """'b001' -> 0.01, 'b009' -> 0.09, 'beta0.05' -> 0.05; None for other presets."""
+  m = _BETA[0].match(preset)
+  if m:
+    return int(m.group(1)) / 100
+  m = _BETA[1].match(preset)
+  return float(m.group(1)) if m else None
+
+
+def beta_tag(beta: float) -> str:
+  """0.01 -> 'b001' (the name of a beta in workdirs)."""
+  return f'b{int(round(beta * 100)):03d}'
+
+
+def get_config(arg=None):
+  config = common.get_base_config()
+  config.method = 'fda'
+  config.data.source = 'gta5'
+  config.data.target = 'cityscapes'
+
+  config.fda = fda = ml_collections.ConfigDict()
+  fda.beta = 0.01  # window half-size b = floor(min(H, W) * beta); FDA: 0.01, 0.05, 0.09
+  fda.window = 'corners'  # 'corners' (FDA's train.py: frequencies -b..b-1) | 'centred' (its NumPy version: -b..b)
+  fda.entropy_weight = 0.005  # FDA's entW
+  fda.entropy_eta = 2.0  # FDA's ita: mean(((H / ln C)^2 + 1e-8)^eta)
+  fda.entropy_start_step = 0  # FDA's switch2entropy (its README's command uses 0)
+
+  # Self-training on pseudo-labels (FDA's SStrain.py): CE on the pseudo-labelled target, weight 1.
+  config.selftrain = st = ml_collections.ConfigDict()
+  st.pseudo_dir = ml_collections.FieldReference(None, field_type=str)  # raw Cityscapes-layout pseudo-label folder
+  st.pseudo_weight = 1.0
+
+  # Multi-band transfer (--mode=pseudolabel): ensemble, evaluation, pseudo-labels (FDA's getSudoLabel_multi.py).
+  config.mbt = mbt = ml_collections.ConfigDict()
+  mbt.workdirs = ''  # comma-separated workdirs of the ensemble members (their last checkpoints)
+  mbt.name = 'fda_mbt'  # pseudo-labels go to <data.root>/pseudo/<name>/
+  mbt.split = 'train'  # the target split that gets pseudo-labels
+  mbt.percentile = 0.66  # per class: the confidence at rank round(0.66 n) of the n pixels predicted as the class
+  mbt.max_threshold = 0.9  # thresholds are capped here
+  mbt.num_bins = 10000  # confidence histogram bins over [0, 1] (thresholds are exact to one bin)
+
+  presets = common.split_preset(arg)
+  betas = [b for b in map(parse_beta, presets) if b is not None]
+  ours = [p for p in presets if p in FDA_PRESETS or parse_beta(p) is not None]
+  common.apply_presets(config, ','.join(p for p in presets if p not in ours))
+  if len(betas) > 1:
+    raise ValueError(f'Config fda.py got several betas {betas}; choose one preset of b001, b005, b009.')
+  if betas:
+    fda.beta = betas[0]
+
+  family = 'fda' + ('_deeplabv2' if config.model.name == 'deeplabv2' else '')
+  mbt.name = f'{family}_mbt'
+  mbt.workdirs = ','.join(f'runs/{family}_{beta_tag(b)}' for b in (0.01, 0.05, 0.09))
+  if 'mbt' in presets:
+    config.name = mbt.name
+  else:
+    config.name = family + (f'_{beta_tag(fda.beta)}' if betas else '')
+  if 'selftrain' in presets:
+    config.name += '_st'
+    st.pseudo_dir = config.data.get_ref('root') + f'/pseudo/{mbt.name}'  # follows --config.data.root
+
+  if 'paper' in presets:
+    # The real-time course setting, as configs/adv.py: crop 1024x512 in both domains, batch 2, lr 2.5e-4 x batch.
+    config.train.batch_size = 2
+    config.data.resize_mode = 'crop'
+    config.data.source_train_size = (512, 1024)
+    config.data.target_train_size = (512, 1024)
+    config.train.learning_rate = 2.5e-4 * config.train.batch_size
+    config.train.num_steps = 50 * common.REAL_TRAIN_IMAGES['gta5'] // config.train.batch_size
+  return config

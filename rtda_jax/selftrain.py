@@ -1,0 +1,393 @@
+"""Multi-band transfer (MBT) and pseudo-labels for FDA's self-training: `--mode=pseudolabel`.
+
+1. Ensemble: the last checkpoints of several runs (FDA with beta 0.01, 0.05, 0.09); their softmax probabilities are
+   averaged. Evaluated on the target val split like `evaluate.evaluate` -> eval.json in the MBT workdir.
+2. Pseudo-labels of the target train split (FDA's getSudoLabel_multi.py): per class c, the threshold is the ensemble
+   confidence at rank round(0.66 n) of the n pixels predicted as c (sorted ascending), capped at 0.9; pixels below
+   their class's threshold are ignored. The thresholds come from per-class confidence histograms accumulated over the
+   split in a first pass (memory: classes x bins counts, not every prediction), the labels from a second pass.
+3. The labels are written as a raw Cityscapes-layout folder <data.root>/pseudo/<mbt.name>/ (label ids in
+   gtFine/train/<city>/*_gtFine_labelIds.png, images and the val split hard-linked from the target's raw folder), which
+   `--config.selftrain.pseudo_dir` then trains on like any Cityscapes folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from rtda_jax import evaluate
+from rtda_jax import labels as labels_lib
+from rtda_jax import metrics as metrics_lib
+from rtda_jax import parallel
+from rtda_jax.methods import base
+
+INFO_FILE = 'pseudolabels.json'
+_IMAGE_SUFFIX = '_leftImg8bit.png'
+_LABEL_SUFFIX = '_gtFine_labelIds.png'
+
+
+# ---- the ensemble ---------------------------------------------------------------------------------------------------
+
+
+def member_workdirs(config: ml_collections.ConfigDict) -> list[str]:
+  workdirs = config.mbt.workdirs
+  if isinstance(workdirs, str):
+    workdirs = workdirs.split(',')
+  workdirs = [w.strip() for w in workdirs if w and w.strip()]
+  if not workdirs:
+    raise ValueError('config.mbt.workdirs is empty: pass the runs to ensemble, e.g. '
+                     '--config.mbt.workdirs=runs/fda_b001,runs/fda_b005,runs/fda_b009.')
+  return workdirs
+
+
+def _check_member_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f).get('model', {})
+  for field in ('name', 'num_classes', 'multi_level'):
+    if field in saved and saved[field] != config.model.get(field):
+      raise ValueError(f'{workdir} was trained with model.{field}={saved[field]!r} but this config has '
+                       f'{config.model.get(field)!r}; pass the matching model preset (e.g. configs/fda.py:mbt,'
+                       f'{saved.get("name", "bisenet")}) or --config.model.{field}=...')
+
+
+def load_members(config: ml_collections.ConfigDict,
+                 workdirs: Sequence[str]) -> tuple[base.Method, list[Any], list[int]]:
+  """(method, [segmentation variables], [step]) of the last (or config.eval.checkpoint's) checkpoint of each run."""
+  from rtda_jax import checkpointing, trainer
+  method = base.get_method(config)
+  target = None
+  variables, steps = [], []
+  for workdir in workdirs:
+    if not os.path.isdir(os.path.join(workdir, 'checkpoints', 'last')):
+      raise FileNotFoundError(f'No checkpoints in {workdir}/checkpoints/last: train that run first (e.g. '
+                              f'python main.py --config=configs/fda.py:b001 --workdir={workdir}) or fix '
+                              'config.mbt.workdirs.')
+    _check_member_config(config, workdir)
+    if target is None:  # one freshly initialised state gives the tree structure, shapes and dtypes of all
+      target = method.init(jax.random.PRNGKey(config.seed), trainer.train_shapes(config))
+    ckpt = checkpointing.Checkpointer(workdir)
+    try:
+      if ckpt.latest_step() is None:
+        raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints/last: train that run first.')
+      state, meta = ckpt.restore(target, step=config.eval.checkpoint)
+    finally:
+      ckpt.close()
+    variables.append(jax.device_get(method.eval_variables(state)))
+    steps.append(int(meta['step']))
+  return method, variables, steps
+
+
+def ensemble_probs(method: base.Method, members: Sequence[Any], images: jax.Array, out_shape: tuple[int, int],
+                   scales: tuple[float, ...] = (1.0,), flip: bool = False) -> jax.Array:
+  """Mean over the members of `evaluate.predict_probs`: float32 [B, h, w, C] at `out_shape`."""
+  total = sum(evaluate.predict_probs(method, v, images, out_shape, scales, flip) for v in members)
+  return total / len(members)
+
+
+def _eval_step(method, scales, flip, num_classes, members, images, labels):
+  probs = ensemble_probs(method, members, images, labels.shape[1:3], scales, flip)
+  preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  cm = metrics_lib.confusion_matrix(preds, labels.astype(jnp.int32), num_classes)
+  return cm, preds.astype(jnp.uint8)
+
+
+def evaluate_ensemble(method: base.Method, members: Sequence[Any], config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh, *, step: int, workdir: str | None = None,
+                      split: str | None = None) -> dict[str, Any]:
+  """`evaluate.evaluate` for the averaged softmax of several models: eval.json and predictions/ in `workdir`."""
+  from rtda_jax.data import pipeline
+  split = split or config.eval.split
+  dataset = config.data.target
+  batch_size = config.data.eval_batch_size
+  parallel.check_batch_size(batch_size, mesh, 'data.eval_batch_size')
+  num_classes = config.model.num_classes
+  step_fn = jax.jit(functools.partial(_eval_step, method, tuple(config.eval.scales), bool(config.eval.flip),
+                                      num_classes))
+  members = parallel.replicate(list(members), mesh)
+  total = np.zeros((num_classes, num_classes), np.int64)
+  num_images, shown = 0, []
+  for batch in pipeline.eval_loader(config.data, dataset, split, batch_size):
+    valid = np.asarray(batch['valid'])
+    sharded = parallel.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
+    cm, preds = step_fn(members, sharded['image'], sharded['label'])
+    total = metrics_lib.accumulate(total, jax.device_get(cm))
+    num_images += int(valid.sum())
+    if len(shown) < config.eval.num_prediction_images and jax.process_index() == 0:
+      preds = _local_rows(preds)[: len(valid)]
+      for i in np.flatnonzero(valid)[: config.eval.num_prediction_images - len(shown)]:
+        shown.append((batch['image'][i], batch['label'][i], preds[i]))
+  result = {'dataset': dataset, 'split': split, 'step': int(step), 'num_images': num_images,
+            **metrics_lib.compute_metrics(total, labels_lib.CLASS_NAMES)}
+  if workdir and jax.process_index() == 0:
+    evaluate.write_eval(workdir, result, shown)
+  return result
+
+
+# ---- thresholds from streaming histograms ---------------------------------------------------------------------------
+
+
+def confidence_histogram(preds: jax.Array, confidence: jax.Array, valid: jax.Array, num_classes: int,
+                         num_bins: int) -> jax.Array:
+  """int32 [num_classes, num_bins]: how many valid pixels predicted as each class have each confidence bin.
+
+  preds int [B, H, W], confidence float [B, H, W] in [0, 1], valid bool [B] (padding examples) or [B, H, W].
+  Bin j holds confidences in [j / num_bins, (j + 1) / num_bins); 1.0 falls in the last bin.
+  """
+  bins = jnp.clip(jnp.floor(confidence.astype(jnp.float32) * num_bins).astype(jnp.int32), 0, num_bins - 1)
+  valid = jnp.broadcast_to(valid.reshape(valid.shape + (1,) * (preds.ndim - valid.ndim)), preds.shape)
+  classes = preds.astype(jnp.int32)
+  valid = valid & (classes >= 0) & (classes < num_classes)
+  index = jnp.where(valid, classes * num_bins + bins, num_classes * num_bins)  # invalid pixels -> a dropped slot
+  counts = jnp.zeros((num_classes * num_bins + 1,), jnp.int32).at[index.reshape(-1)].add(1)
+  return counts[:-1].reshape(num_classes, num_bins)
+
+
+def class_thresholds(histogram: np.ndarray, percentile: float = 0.66, max_threshold: float = 0.9) -> np.ndarray:
+  """float64 [C] per-class thresholds from confidence histograms [C, num_bins].
+
+  FDA's rule: sort the n confidences of the pixels predicted as the class, take the one at index round(n * 0.66)
+  (np.round: half to even; clamped to n - 1, where FDA would index past the end), cap at `max_threshold`; a class
+  no pixel is predicted as gets 0. From a histogram the value is known to one bin: this returns the lower edge of
+  the bin holding it, so the threshold is at most 1 / num_bins below FDA's and keeps every pixel FDA keeps.
+  """
+  histogram = np.asarray(histogram, np.int64)
+  num_classes, num_bins = histogram.shape
+  out = np.zeros(num_classes, np.float64)
+  cumulative = np.cumsum(histogram, axis=1)  # [C, num_bins]: pixels with a bin <= j
+  for c in range(num_classes):
+    n = int(cumulative[c, -1])
+    if n == 0:
+      continue
+    rank = min(int(np.round(n * percentile)), n - 1)  # 0-based index in the ascending order
+    j = int(np.searchsorted(cumulative[c], rank, side='right'))  # first bin with more than `rank` pixels at or below
+    out[c] = j / num_bins
+  return np.minimum(out, max_threshold)
+
+
+def apply_thresholds(preds: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray,
+                     ignore: int = labels_lib.IGNORE) -> np.ndarray:
+  """uint8 train ids [..., H, W]: the prediction where its confidence >= its class's threshold, else `ignore`."""
+  preds, confidence = np.asarray(preds), np.asarray(confidence)
+  # Compared in the confidence's precision (float32), in which the histogram bins were computed.
+  keep = confidence >= np.asarray(thresholds).astype(confidence.dtype)[preds.astype(np.int64)]
+  return np.where(keep, preds, ignore).astype(np.uint8)
+
+
+# ---- the pseudo-labelled folder -------------------------------------------------------------------------------------
+
+
+def label_name(image_name: str) -> str:
+  """'leftImg8bit/train/<city>/<stem>_leftImg8bit.png' -> 'gtFine/train/<city>/<stem>_gtFine_labelIds.png'."""
+  parts = image_name.replace(os.sep, '/').split('/')
+  if len(parts) < 2 or parts[0] != 'leftImg8bit' or not parts[-1].endswith(_IMAGE_SUFFIX):
+    raise ValueError(f'{image_name!r} is not a Cityscapes image path (leftImg8bit/<split>/<city>/*{_IMAGE_SUFFIX}); '
+                     'pseudo-labels need a Cityscapes-layout target.')
+  return '/'.join(['gtFine', *parts[1:-1], parts[-1][:-len(_IMAGE_SUFFIX)] + _LABEL_SUFFIX])
+
+
+def link_or_copy(src: str, dst: str) -> None:
+  """Hard-links src to dst (a copy where the file system cannot link)."""
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  if os.path.lexists(dst):
+    os.remove(dst)
+  try:
+    os.link(src, dst)
+  except OSError:
+    shutil.copy2(src, dst)
+
+
+def write_label(path: str, train_ids: np.ndarray, size: tuple[int, int] | None = None) -> None:
+  """Writes train ids [H, W] as a Cityscapes label-id PNG ('L'; ignore -> 0, 'unlabeled'), resized (nearest) to
+  `size` = (W, H) when given, so that it pairs with its raw image."""
+  train_ids = np.asarray(train_ids, np.uint8)
+  label_ids = np.where(train_ids == labels_lib.IGNORE, 0,
+                       labels_lib.TRAIN_ID_TO_LABEL_ID[np.minimum(train_ids, labels_lib.NUM_CLASSES - 1)])
+  image = Image.fromarray(label_ids.astype(np.uint8))  # 2-D uint8 -> mode 'L'
+  if size is not None and image.size != tuple(size):
+    image = image.resize(tuple(size), Image.NEAREST)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image.save(path)
+
+
+def link_split(raw_dir: str, out_dir: str, split: str, labels: bool = True) -> int:
+  """Links a split's images (and labels) from a raw Cityscapes folder into `out_dir` at the same relative paths."""
+  from rtda_jax.data import builders
+  examples = builders.find_examples('cityscapes', raw_dir)[split]
+  for ex in examples:
+    link_or_copy(ex.image_path, os.path.join(out_dir, ex.name))
+    if labels:
+      link_or_copy(ex.label_path, os.path.join(out_dir, os.path.relpath(ex.label_path, raw_dir)))
+  return len(examples)
+
+
+def pseudo_dir(config: ml_collections.ConfigDict) -> str:
+  """<data.root>/pseudo/<mbt.name>: where --mode=pseudolabel writes."""
+  return os.path.join(config.data.root, 'pseudo', config.mbt.name)
+
+
+def target_raw_dir(config: ml_collections.ConfigDict) -> str:
+  """The raw Cityscapes-layout folder of the target: data.cityscapes_dir, or the embedded benchmark's."""
+  from rtda_jax.data import synthetic
+  if config.data.target != 'cityscapes':
+    raise ValueError(f'Pseudo-labels are written in the Cityscapes layout, but config.data.target is '
+                     f'{config.data.target!r}; set config.data.target=cityscapes.')
+  return synthetic.ensure_benchmark(config.data)[1]
+
+
+# ---- the two passes -------------------------------------------------------------------------------------------------
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order (the whole array on a single process)."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicated copies of one block appear once
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
+def _predict_step(method, scales, flip, members, images):
+  probs = ensemble_probs(method, members, images, images.shape[1:3], scales, flip)  # [B, H, W, C]
+  return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
+
+
+def _predictions(method: base.Method, members: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 split: str) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, jax.Array]]:
+  """(batch, preds [B, H, W] uint8, confidence [B, H, W] float32) over the target `split`, sharded on the mesh."""
+  from rtda_jax.data import pipeline
+  step_fn = jax.jit(functools.partial(_predict_step, method, tuple(config.eval.scales), bool(config.eval.flip)))
+  for batch in pipeline.eval_loader(config.data, config.data.target, split, config.data.eval_batch_size):
+    images = parallel.shard_batch(batch['image'], mesh)
+    preds, confidence = step_fn(members, images)
+    yield batch, preds, confidence
+
+
+def pseudo_label_thresholds(method: base.Method, members: Any, config: ml_collections.ConfigDict,
+                            mesh: jax.sharding.Mesh, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """First pass: (thresholds [C], histogram [C, num_bins] int64) over the whole split, summed over processes."""
+  mbt = config.mbt
+  num_classes = config.model.num_classes
+  hist_fn = jax.jit(functools.partial(confidence_histogram, num_classes=num_classes, num_bins=mbt.num_bins),
+                    out_shardings=parallel.replicated(mesh))
+  total = np.zeros((num_classes, mbt.num_bins), np.int64)
+  for batch, preds, confidence in _predictions(method, members, config, mesh, split):
+    valid = parallel.shard_batch(np.asarray(batch['valid']), mesh)
+    total += np.asarray(jax.device_get(hist_fn(preds, confidence, valid)), np.int64)
+  return class_thresholds(total, mbt.percentile, mbt.max_threshold), total
+
+
+def write_pseudo_labels(method: base.Method, members: Any, config: ml_collections.ConfigDict,
+                        mesh: jax.sharding.Mesh, out_dir: str, thresholds: np.ndarray, split: str) -> dict[str, Any]:
+  """Second pass: thresholded labels of every image of `split` as label-id PNGs under `out_dir` (images linked)."""
+  raw_dir = target_raw_dir(config)
+  kept = np.zeros(config.model.num_classes + 1, np.int64)  # pixels per class kept, and ignored (last)
+  num_images = 0
+  for batch, preds, confidence in _predictions(method, members, config, mesh, split):
+    preds, confidence = _local_rows(preds), _local_rows(confidence)
+    for i in np.flatnonzero(np.asarray(batch['valid'])):
+      name = str(batch['name'][i])
+      label = apply_thresholds(preds[i], confidence[i], thresholds)  # [H, W]
+      raw_image = os.path.join(raw_dir, name)
+      with Image.open(raw_image) as im:
+        size = im.size  # (W, H) of the raw image: the label must pair with it; the builder resizes both
+      write_label(os.path.join(out_dir, label_name(name)), label, size)
+      link_or_copy(raw_image, os.path.join(out_dir, name))
+      kept += np.bincount(np.minimum(label.reshape(-1), config.model.num_classes),
+                          minlength=config.model.num_classes + 1)
+      num_images += 1
+  return {'num_images': num_images, 'kept_fraction': float(kept[:-1].sum() / max(1, kept.sum())),
+          'pixels_per_class': {n: int(k) for n, k in zip(labels_lib.CLASS_NAMES, kept[:-1])},
+          'ignored_pixels': int(kept[-1])}
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def make_pseudo_labels(method: base.Method, members: Any, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh, out_dir: str | None = None) -> dict[str, Any]:
+  """Both passes; writes a complete raw Cityscapes-layout folder at `out_dir` (default `pseudo_dir(config)`): the
+  pseudo-labelled `mbt.split`, the other split linked unchanged. Written beside it and swapped in when complete."""
+  out_dir = out_dir or pseudo_dir(config)
+  split = config.mbt.split
+  raw_dir = target_raw_dir(config)
+  if os.path.abspath(raw_dir) == os.path.abspath(out_dir):
+    raise ValueError(f'The pseudo-label folder {out_dir} is the target raw folder itself; choose another mbt.name.')
+  thresholds, histogram = pseudo_label_thresholds(method, members, config, mesh, split)
+  logging.info('Pseudo-label thresholds: %s', dict(zip(labels_lib.CLASS_NAMES, np.round(thresholds, 4))))
+  tmp = f'{out_dir}.tmp'
+  if jax.process_index() == 0:
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+  _sync('pseudo_tmp_ready')
+  stats = write_pseudo_labels(method, members, config, mesh, tmp, thresholds, split)
+  _sync('pseudo_written')
+  info = {'split': split, 'raw_dir': os.path.abspath(raw_dir), 'thresholds': dict(zip(
+      labels_lib.CLASS_NAMES, (float(t) for t in thresholds))), 'predicted_pixels_per_class': dict(zip(
+          labels_lib.CLASS_NAMES, (int(n) for n in histogram.sum(axis=1)))), **stats}
+  if jax.process_index() == 0:
+    for other in ('train', 'val'):
+      if other != split:
+        link_split(raw_dir, tmp, other)
+    with open(os.path.join(tmp, INFO_FILE), 'w') as f:
+      json.dump(info, f, indent=2)
+    old = f'{out_dir}.old'
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+      os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  _sync('pseudo_done')
+  return {**info, 'pseudo_dir': out_dir}
+
+
+# ---- --mode=pseudolabel ---------------------------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the MBT ensemble of `config.mbt.workdirs` (eval.json in `workdir`) and writes its pseudo-labels."""
+  from rtda_jax.data import builders
+  parallel.initialize_distributed()
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
+  workdirs = member_workdirs(config)
+  method, members, steps = load_members(config, workdirs)  # before any data work: a missing run fails fast
+  builders.prepare(config.data)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  members = parallel.replicate(members, mesh)
+  result = evaluate_ensemble(method, members, config, mesh, step=min(steps), workdir=workdir)
+  print(evaluate.format_table(result))
+  info = make_pseudo_labels(method, members, config, mesh)
+  info = {'members': [{'workdir': w, 'step': s} for w, s in zip(workdirs, steps)], **info}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, INFO_FILE), 'w') as f:
+      json.dump(info, f, indent=2)
+  print(f"Pseudo-labels of {info['num_images']} {info['split']} images in {info['pseudo_dir']} "
+        f"({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
+        f"--config.selftrain.pseudo_dir={info['pseudo_dir']}")
+  return {'eval': result, 'pseudo': info}
