@@ -136,7 +136,7 @@ def main() -> None:
     for scale in args.scales.split(','):
       rows += run(scale, args.workdir or tmp, workers, args.seconds)
   print(f'\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible')
-  print(f'| scale | dataset | measurement | images/s |\n| --- | --- | --- | ---: |')
+  print('| scale | dataset | measurement | images/s |\n| --- | --- | --- | ---: |')
   for r in rows:
     print(f"| {r['scale']} | {r['domain']} | {r['what']} | {r['images_per_s']:.1f} |")
   if args.json:

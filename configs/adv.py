@@ -43,11 +43,6 @@ def get_config(arg=None):
       adv.gan = 'ls'
   if 'paper' in presets:
     # The real-time course setting: crop 1024x512, batch 2, seg lr 2.5e-4 x batch, disc lr 1e-4 x batch.
-    config.train.batch_size = 2
-    config.data.resize_mode = 'crop'
-    config.data.source_train_size = (512, 1024)
-    config.data.target_train_size = (512, 1024)
-    config.train.learning_rate = 2.5e-4 * config.train.batch_size
+    common.apply_realtime_course(config)
     adv.disc_learning_rate = 1e-4 * config.train.batch_size
-    config.train.num_steps = 50 * common.REAL_TRAIN_IMAGES['gta5'] // config.train.batch_size
   return config

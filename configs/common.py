@@ -58,7 +58,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # ---- training ---------------------------------------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 1000
+  # The demo scale fits a supervised run (generate, build, train, evaluate) in under 10 minutes on 2 CPU cores.
+  train.num_steps = 400
   train.batch_size = 8  # global batch (split over all devices)
   train.optimizer = 'sgd'
   train.learning_rate = 2.5e-2
@@ -77,7 +78,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # ---- evaluation -------------------------------------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.every_steps = 500
+  ev.every_steps = 200
   ev.split = 'val'
   ev.flip = False  # test-time augmentation: average with the horizontally flipped image
   ev.scales = (1.0,)  # test-time augmentation: multi-scale
@@ -141,6 +142,17 @@ def apply_scale_preset(config: ml_collections.ConfigDict, name: str) -> None:
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 2000
   config.eval.every_steps = 5000
+
+
+def apply_realtime_course(config: ml_collections.ConfigDict) -> None:
+  """The real-time adaptation course setting (after `paper`): random 512x1024 crops of both domains, batch 2,
+  segmentation lr 2.5e-4 x batch, 50 epochs of GTA5."""
+  config.train.batch_size = 2
+  config.data.resize_mode = 'crop'
+  config.data.source_train_size = (512, 1024)
+  config.data.target_train_size = (512, 1024)
+  config.train.learning_rate = 2.5e-4 * config.train.batch_size
+  config.train.num_steps = 50 * REAL_TRAIN_IMAGES['gta5'] // config.train.batch_size
 
 
 def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

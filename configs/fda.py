@@ -81,10 +81,5 @@ def get_config(arg=None):
 
   if 'paper' in presets:
     # The real-time course setting, as configs/adv.py: crop 1024x512 in both domains, batch 2, lr 2.5e-4 x batch.
-    config.train.batch_size = 2
-    config.data.resize_mode = 'crop'
-    config.data.source_train_size = (512, 1024)
-    config.data.target_train_size = (512, 1024)
-    config.train.learning_rate = 2.5e-4 * config.train.batch_size
-    config.train.num_steps = 50 * common.REAL_TRAIN_IMAGES['gta5'] // config.train.batch_size
+    common.apply_realtime_course(config)
   return config

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,24 +42,33 @@ def predict_probs(method: base.Method, variables: Any, images: jax.Array, out_sh
   return total / (len(scales) * (2 if flip else 1))
 
 
-def _eval_step(method, scales, flip, num_classes, variables, images, labels):
-  probs = predict_probs(method, variables, images, labels.shape[1:3], scales, flip)
+ProbsFn = Callable[[Any, jax.Array, tuple[int, int]], jax.Array]  # (variables, images, out_shape) -> probs
+
+
+def _eval_step(probs_fn: ProbsFn, num_classes: int, variables, images, labels):
+  probs = probs_fn(variables, images, labels.shape[1:3])
   preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
   cm = metrics_lib.confusion_matrix(preds, labels.astype(jnp.int32), num_classes)
   return cm, preds.astype(jnp.uint8)
 
 
 def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-             step: int, workdir: str | None = None, split: str | None = None) -> dict[str, Any]:
-  """Evaluates `variables` on the target domain's split; writes eval.json and predictions/ into `workdir`."""
+             step: int, workdir: str | None = None, split: str | None = None,
+             probs_fn: ProbsFn | None = None) -> dict[str, Any]:
+  """Evaluates `variables` on the target domain's split; writes eval.json and predictions/ into `workdir`.
+
+  `probs_fn(variables, images, out_shape)` gives the class probabilities; default: the method's model with the
+  configured test-time augmentation (an ensemble passes its own).
+  """
   from rtda_jax.data import pipeline
   split = split or config.eval.split
   dataset = config.data.target
   batch_size = config.data.eval_batch_size
   parallel.check_batch_size(batch_size, mesh, 'data.eval_batch_size')
   num_classes = config.model.num_classes
-  step_fn = jax.jit(functools.partial(_eval_step, method, tuple(config.eval.scales), bool(config.eval.flip),
-                                      num_classes))
+  if probs_fn is None:
+    probs_fn = functools.partial(predict_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip))
+  step_fn = jax.jit(functools.partial(_eval_step, probs_fn, num_classes))
   variables = parallel.replicate(variables, mesh)
   total = np.zeros((num_classes, num_classes), np.int64)
   num_images, shown = 0, []
@@ -70,7 +79,7 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
     total = metrics_lib.accumulate(total, jax.device_get(cm))
     num_images += int(valid.sum())
     if len(shown) < config.eval.num_prediction_images and jax.process_index() == 0:
-      preds = np.asarray(jax.device_get(preds))[: len(valid)]
+      preds = parallel.local_rows(preds)[: len(valid)]
       for i in np.flatnonzero(valid)[: config.eval.num_prediction_images - len(shown)]:
         shown.append((batch['image'][i], batch['label'][i], preds[i]))
   result = {'dataset': dataset, 'split': split, 'step': int(step), 'num_images': num_images,
@@ -114,7 +123,9 @@ def format_table(result: dict[str, Any]) -> str:
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """--mode=evaluate: restore the last (or config.eval.checkpoint's) checkpoint of `workdir` and evaluate it."""
   from rtda_jax import checkpointing, trainer
+  from rtda_jax.data import builders
   parallel.initialize_distributed()
+  builders.prepare(config.data)  # builds the evaluation data if it is not built yet (a no-op otherwise)
   mesh = parallel.make_mesh(config.num_devices)
   method = base.get_method(config)
   ckpt = checkpointing.Checkpointer(workdir)

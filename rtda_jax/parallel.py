@@ -71,3 +71,17 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Puts a host pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order (the whole array on a single process)."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicated copies of one block appear once
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)

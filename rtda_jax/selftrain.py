@@ -29,7 +29,6 @@ from PIL import Image
 
 from rtda_jax import evaluate
 from rtda_jax import labels as labels_lib
-from rtda_jax import metrics as metrics_lib
 from rtda_jax import parallel
 from rtda_jax.methods import base
 
@@ -99,43 +98,13 @@ def ensemble_probs(method: base.Method, members: Sequence[Any], images: jax.Arra
   return total / len(members)
 
 
-def _eval_step(method, scales, flip, num_classes, members, images, labels):
-  probs = ensemble_probs(method, members, images, labels.shape[1:3], scales, flip)
-  preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  cm = metrics_lib.confusion_matrix(preds, labels.astype(jnp.int32), num_classes)
-  return cm, preds.astype(jnp.uint8)
-
-
 def evaluate_ensemble(method: base.Method, members: Sequence[Any], config: ml_collections.ConfigDict,
                       mesh: jax.sharding.Mesh, *, step: int, workdir: str | None = None,
                       split: str | None = None) -> dict[str, Any]:
   """`evaluate.evaluate` for the averaged softmax of several models: eval.json and predictions/ in `workdir`."""
-  from rtda_jax.data import pipeline
-  split = split or config.eval.split
-  dataset = config.data.target
-  batch_size = config.data.eval_batch_size
-  parallel.check_batch_size(batch_size, mesh, 'data.eval_batch_size')
-  num_classes = config.model.num_classes
-  step_fn = jax.jit(functools.partial(_eval_step, method, tuple(config.eval.scales), bool(config.eval.flip),
-                                      num_classes))
-  members = parallel.replicate(list(members), mesh)
-  total = np.zeros((num_classes, num_classes), np.int64)
-  num_images, shown = 0, []
-  for batch in pipeline.eval_loader(config.data, dataset, split, batch_size):
-    valid = np.asarray(batch['valid'])
-    sharded = parallel.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
-    cm, preds = step_fn(members, sharded['image'], sharded['label'])
-    total = metrics_lib.accumulate(total, jax.device_get(cm))
-    num_images += int(valid.sum())
-    if len(shown) < config.eval.num_prediction_images and jax.process_index() == 0:
-      preds = _local_rows(preds)[: len(valid)]
-      for i in np.flatnonzero(valid)[: config.eval.num_prediction_images - len(shown)]:
-        shown.append((batch['image'][i], batch['label'][i], preds[i]))
-  result = {'dataset': dataset, 'split': split, 'step': int(step), 'num_images': num_images,
-            **metrics_lib.compute_metrics(total, labels_lib.CLASS_NAMES)}
-  if workdir and jax.process_index() == 0:
-    evaluate.write_eval(workdir, result, shown)
-  return result
+  probs_fn = functools.partial(ensemble_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip))
+  return evaluate.evaluate(method, list(members), config, mesh, step=step, workdir=workdir, split=split,
+                           probs_fn=probs_fn)
 
 
 # ---- thresholds from streaming histograms ---------------------------------------------------------------------------
@@ -252,20 +221,6 @@ def target_raw_dir(config: ml_collections.ConfigDict) -> str:
 # ---- the two passes -------------------------------------------------------------------------------------------------
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded array, in order (the whole array on a single process)."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  rows, seen = [], set()
-  for s in shards:
-    start = s.index[0].start or 0
-    if start not in seen:  # replicated copies of one block appear once
-      seen.add(start)
-      rows.append(np.asarray(s.data))
-  return np.concatenate(rows)
-
-
 def _predict_step(method, scales, flip, members, images):
   probs = ensemble_probs(method, members, images, images.shape[1:3], scales, flip)  # [B, H, W, C]
   return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
@@ -303,7 +258,7 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
   kept = np.zeros(config.model.num_classes + 1, np.int64)  # pixels per class kept, and ignored (last)
   num_images = 0
   for batch, preds, confidence in _predictions(method, members, config, mesh, split):
-    preds, confidence = _local_rows(preds), _local_rows(confidence)
+    preds, confidence = parallel.local_rows(preds), parallel.local_rows(confidence)
     for i in np.flatnonzero(np.asarray(batch['valid'])):
       name = str(batch['name'][i])
       label = apply_thresholds(preds[i], confidence[i], thresholds)  # [H, W]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,46 +12,23 @@ import optax
 import pytest
 
 from configs import adv as adv_config
-from rtda_jax import app, models, parallel
+from rtda_jax import app, models
 from rtda_jax.methods import base
-from tests.trainer_utils import assert_trees_equal, read_eval, restore_params, tiny_config
+from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
+                                 steps_on_mesh, tiny_config)
 
 SHAPE = (64, 64)
 
 
-class TinySeg(nn.Module):
-  """A two-conv segmentation net with the models' output contract, so the tests compile in seconds."""
-  num_classes: int = 19
-
-  @nn.compact
-  def __call__(self, images, train: bool):
-    x = images / 255.0
-    x = nn.Conv(8, (3, 3), name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
-    x = nn.relu(x)
-    logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
-    aux = nn.Conv(self.num_classes, (1, 1), name='aux')(x)
-    return {'logits': logits, 'aux': (aux,), 'features': x}
-
-
-models.register_model('tiny_test_seg', models.ModelSpec(
-    build=lambda c: TinySeg(c.num_classes), param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
-    backbone_path=()))
 
 
 def make_config(**overrides):
   config = adv_config.get_config()
-  config.model.name = 'tiny_test_seg'
+  config.model.name = TINY_MODEL
   config.train.batch_size = 2
   config.train.weight_decay = 1e-3
   config.adv.lambda_adv = 0.5  # large, so the adversarial gradient is a visible part of the update
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, overrides)
 
 
 def make_batch(batch_size=2, seed=0):
@@ -178,26 +154,16 @@ def test_warmup_switches_the_adversarial_term_on_later():
 def test_one_and_eight_devices_give_the_same_adversarial_step():
   config = make_config(**{'train.batch_size': 8})
   batch = jax.device_get(make_batch(8))
-  results = []
-  for n in (1, 8):
-    mesh = parallel.make_mesh(n)
-    method = base.get_method(config)
-    state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE}), mesh)
-    rep = parallel.replicated(mesh)
-    step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
-    for _ in range(2):
-      state, metrics = step(state, parallel.shard_batch(batch, mesh))
-    results.append(jax.device_get((state.seg.params, state.discs[0].params, metrics)))
-  (s1, d1, m1), (s8, d8, m8) = results
+  (state1, m1), (state8, m8) = (steps_on_mesh(config, n, batch, SHAPE) for n in (1, 8))
   np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
-  assert_trees_equal(s1, s8, atol=1e-5)
-  assert_trees_equal(d1, d8, atol=1e-5)
+  assert_trees_equal(state1.seg.params, state8.seg.params, atol=1e-5)
+  assert_trees_equal(state1.discs[0].params, state8.discs[0].params, atol=1e-5)
 
 
 def test_adversarial_run_resumes_bit_for_bit(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('data'))
   straight, resumed = str(tmp_path_factory.mktemp('straight')), str(tmp_path_factory.mktemp('resumed'))
-  tiny = {'model.name': 'tiny_test_seg'}  # the trainer's resume logic is model-independent; compile a small net
+  tiny = {'model.name': TINY_MODEL}  # the trainer's resume logic is model-independent; compile a small net
   app.run(tiny_config(root, 'adv', **tiny), workdir=straight)
   app.run(tiny_config(root, 'adv', **tiny, **{'train.stop_after_steps': 3}), workdir=resumed)
   app.run(tiny_config(root, 'adv', **tiny), workdir=resumed)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,48 +13,25 @@ import optax
 import pytest
 
 from configs import dacs as dacs_config
-from rtda_jax import app, models, parallel
+from rtda_jax import app
 from rtda_jax.methods import base, dacs
-from tests.trainer_utils import assert_trees_equal, read_eval, restore_params, tiny_config
+from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
+                                 steps_on_mesh, tiny_config)
 
 SHAPE = (32, 32)
 C = 19
 
 
-class TinySeg(nn.Module):
-  """A two-conv segmentation net with the models' output contract, so the tests compile in seconds."""
-  num_classes: int = 19
-
-  @nn.compact
-  def __call__(self, images, train: bool):
-    x = images / 255.0
-    x = nn.Conv(8, (3, 3), name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
-    x = nn.relu(x)
-    logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
-    aux = nn.Conv(self.num_classes, (1, 1), name='aux')(x)
-    return {'logits': logits, 'aux': (aux,), 'features': x}
-
-
-models.register_model('tiny_dacs_seg', models.ModelSpec(
-    build=lambda c: TinySeg(c.num_classes), param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
-    backbone_path=()))
 
 
 def make_config(**overrides):
   config = dacs_config.get_config()
-  config.model.name = 'tiny_dacs_seg'
+  config.model.name = TINY_MODEL
   config.train.batch_size = 2
   config.train.weight_decay = 1e-3
   config.dacs.augment = 'none'  # the strong preset's compile is slow; its wiring is tested with a cheap op
   config.dacs.confidence_threshold = 0.07  # the random tiny net's max probabilities straddle it
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, overrides)
 
 
 def random_labels(rng, batch_size, num_present=None):
@@ -256,28 +232,18 @@ def test_presets():
 def test_one_and_eight_devices_give_the_same_dacs_steps():
   config = make_config(**{'train.batch_size': 8})
   batch = jax.device_get(make_batch(8))
-  results = []
-  for n in (1, 8):
-    mesh = parallel.make_mesh(n)
-    method, state = init(config)
-    state = parallel.replicate(state, mesh)
-    rep = parallel.replicated(mesh)
-    step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
-    for _ in range(3):
-      state, metrics = step(state, parallel.shard_batch(batch, mesh))
-    results.append(jax.device_get((state.seg.variables, state.teacher, metrics)))
-  (s1, t1, m1), (s8, t8, m8) = results
+  (state1, m1), (state8, m8) = (steps_on_mesh(config, n, batch, SHAPE, num_steps=3) for n in (1, 8))
   assert 0 < m1['confident_fraction'] < 1
   np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
   np.testing.assert_allclose(m1['loss_mix'], m8['loss_mix'], rtol=1e-5)
-  assert_trees_equal(s1, s8, atol=1e-5)
-  assert_trees_equal(t1, t8, atol=1e-5)
+  assert_trees_equal(state1.seg.variables, state8.seg.variables, atol=1e-5)
+  assert_trees_equal(state1.teacher, state8.teacher, atol=1e-5)
 
 
 def test_dacs_run_resumes_bit_for_bit(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('data'))
   straight, resumed = str(tmp_path_factory.mktemp('straight')), str(tmp_path_factory.mktemp('resumed'))
-  tiny = {'model.name': 'tiny_dacs_seg'}  # the default strong augmentation and trainer, a model that compiles fast
+  tiny = {'model.name': TINY_MODEL}  # the default strong augmentation and trainer, a model that compiles fast
   app.run(tiny_config(root, 'dacs', **tiny), workdir=straight)
   app.run(tiny_config(root, 'dacs', **tiny, **{'train.stop_after_steps': 3}), workdir=resumed)
   app.run(tiny_config(root, 'dacs', **tiny), workdir=resumed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,33 +12,15 @@ import optax
 import pytest
 
 from configs import fda as fda_config
-from rtda_jax import app, models, parallel
+from rtda_jax import app
 from rtda_jax.methods import base
 from rtda_jax.methods import fda
-from tests.trainer_utils import assert_trees_equal, read_eval, restore_params, tiny_config
+from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
+                                 steps_on_mesh, tiny_config)
 
 SHAPE = (32, 32)
-TINY_MODEL = 'tiny_fda_seg'
 
 
-class TinySeg(nn.Module):
-  """A two-conv segmentation net with the models' output contract, so the tests compile in seconds."""
-  num_classes: int = 19
-
-  @nn.compact
-  def __call__(self, images, train: bool):
-    x = images / 255.0
-    x = nn.Conv(8, (3, 3), name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
-    x = nn.relu(x)
-    logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
-    aux = nn.Conv(self.num_classes, (1, 1), name='aux')(x)
-    return {'logits': logits, 'aux': (aux,) if train else (), 'features': x}
-
-
-models.register_model(TINY_MODEL, models.ModelSpec(
-    build=lambda c: TinySeg(c.num_classes), param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
-    backbone_path=()))
 
 
 # ---- an independent NumPy version of FDA's swap ---------------------------------------------------------------------
@@ -157,13 +138,7 @@ def make_config(preset=None, **overrides):
   config.train.weight_decay = 1e-3
   config.fda.beta = 0.09
   config.fda.entropy_weight = 0.5  # large, so the entropy gradient is a visible part of the update
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, overrides)
 
 
 def make_batch(batch_size=2, seed=0, same_target=False):
@@ -276,19 +251,9 @@ def test_unknown_window_is_an_error():
 def test_one_and_eight_devices_give_the_same_fda_step():
   config = make_config(**{'train.batch_size': 8})
   batch = jax.device_get(make_batch(8))
-  results = []
-  for n in (1, 8):
-    mesh = parallel.make_mesh(n)
-    method = base.get_method(config)
-    state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE}), mesh)
-    rep = parallel.replicated(mesh)
-    step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
-    for _ in range(2):
-      state, metrics = step(state, parallel.shard_batch(batch, mesh))
-    results.append(jax.device_get((state.seg.params, metrics)))
-  (p1, m1), (p8, m8) = results
+  (state1, m1), (state8, m8) = (steps_on_mesh(config, n, batch, SHAPE) for n in (1, 8))
   np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
-  assert_trees_equal(p1, p8, atol=1e-5)
+  assert_trees_equal(state1.seg.params, state8.seg.params, atol=1e-5)
 
 
 def test_fda_run_resumes_bit_for_bit(tmp_path_factory):

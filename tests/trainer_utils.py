@@ -6,10 +6,62 @@ import importlib
 import json
 import os
 
+import flax.linen as nn
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rtda_jax import models
+
 TINY = (64, 64)
+TINY_MODEL = 'tiny_test_seg'
+
+
+class TinySeg(nn.Module):
+  """A two-conv segmentation net with the models' output contract (aux only in train mode, like BiSeNet), so the
+  method tests compile in seconds."""
+  num_classes: int = 19
+
+  @nn.compact
+  def __call__(self, images, train: bool):
+    x = images / 255.0
+    x = nn.Conv(8, (3, 3), name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
+    x = nn.relu(x)
+    logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
+    aux = nn.Conv(self.num_classes, (1, 1), name='aux')(x)
+    return {'logits': logits, 'aux': (aux,) if train else (), 'features': x}
+
+
+models.register_model(TINY_MODEL, models.ModelSpec(
+    build=lambda c: TinySeg(c.num_classes), param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
+    backbone_path=()))
+
+
+def steps_on_mesh(config, num_devices: int, batch: dict, shape: tuple[int, int], num_steps: int = 2):
+  """`num_steps` jitted, donated train steps of `config.method` on a mesh of `num_devices` (state replicated, batch
+  sharded), from the state of PRNGKey(0); returns the final (state, metrics) on the host."""
+  from rtda_jax import parallel
+  from rtda_jax.methods import base
+  mesh = parallel.make_mesh(num_devices)
+  method = base.get_method(config)
+  state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': shape, 'target': shape}), mesh)
+  rep = parallel.replicated(mesh)
+  step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
+  for _ in range(num_steps):
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  return jax.device_get((state, metrics))
+
+
+def override(config, overrides: dict):
+  """Sets dotted fields ('train.batch_size') of a config; returns it."""
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
 
 
 def tiny_config(data_root: str, config_name: str = 'source_only', preset: str | None = None, **overrides):
@@ -29,13 +81,7 @@ def tiny_config(data_root: str, config_name: str = 'source_only', preset: str | 
   config.train.checkpoint_every_steps = 100
   config.eval.every_steps = 1000
   config.eval.num_prediction_images = 2
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, overrides)
 
 
 def restore_params(workdir: str) -> dict:
