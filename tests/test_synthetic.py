@@ -164,10 +164,12 @@ def test_colour_does_not_identify_the_class(domains):
     assert miou < 25, f'{style}: nearest-mean colour mIoU {miou:.1f}'
 
 
-@pytest.mark.parametrize('classifier', [_nearest_mean, _colour_lookup])
+@pytest.mark.parametrize('classifier', [_colour_lookup])
 def test_source_colour_cues_mislead_on_the_target(domains, classifier):
-  """A cheap proxy for the domain gap: colour classifiers fitted on the source do much worse on the target than the
-  same classifiers fitted on the target."""
+  """A cheap proxy for the domain gap: a colour lookup table fitted on the source does much worse on the target than
+  one fitted on the target. (Since GENERATOR_VERSION 2 the target keeps a quarter of the palette shift and the gap
+  comes mostly from texture, light, sensor and layout, which a nearest-mean colour classifier does not see; the gap
+  a network sees is measured in benchmarks/RESULTS.md: BiSeNet 38.1 mIoU oracle vs 13.8 source-only.)"""
   target_test = _split(domains['cityscapes'], False)
   miou_source, acc_source, _ = _scores(classifier(_split(domains['gta5'], True), target_test))
   miou_target, acc_target, _ = _scores(classifier(_split(domains['cityscapes'], True), target_test))
@@ -188,7 +190,7 @@ def test_domains_differ_in_layout_and_sensor(domains):
     both = (ids[:, :, 1:] == 10) & (ids[:, :, :-1] == 10)
     return np.abs(np.diff(images, axis=2)).sum(-1)[both].mean()
 
-  assert sky_grain(tgt_images, tgt_ids) > 2 * sky_grain(src_images, src_ids)
+  assert sky_grain(tgt_images, tgt_ids) > 1.15 * sky_grain(src_images, src_ids)  # noise std 1.5 vs none
 
 
 # ---- the benchmark of a config ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from rtda_jax import labels
 from rtda_jax.data import synthetic_draw, synthetic_objects
 
 RGB = tuple[int, int, int]
-GENERATOR_VERSION = 1  # bump when the drawing code changes what a seed produces: benchmarks are then regenerated
+GENERATOR_VERSION = 2  # bump when the drawing code changes what a seed produces: benchmarks are then regenerated
 MARKER = 'benchmark.json'
 TRAIN_CITIES = ('aachen', 'bochum', 'bremen')
 VAL_CITIES = ('frankfurt', 'lindau', 'munster')
@@ -167,6 +167,26 @@ CITYSCAPES_TEXTURES = {
 }
 
 
+def blend_palettes(a: Mapping[str, tuple[RGB, ...]], b: Mapping[str, tuple[RGB, ...]],
+                   t: float) -> dict[str, tuple[RGB, ...]]:
+  """Palette b moved back towards palette a: each colour of b becomes (1 - t) * a[i mod len(a)] + t * b[i].
+
+  t = 1 is b itself; smaller t shrinks the colour shift between the domains (the strength of the domain gap).
+  """
+  out = {}
+  for material, colors in b.items():
+    src = a.get(material, colors)
+    out[material] = tuple(tuple(int(round((1 - t) * s + t * c)) for s, c in zip(src[i % len(src)], color))
+                          for i, color in enumerate(colors))
+  return out
+
+
+# How far the target's colours move from the source's (1 = CITYSCAPES_PALETTE as written). With the target's light and
+# sensor settings below it is calibrated so that BiSeNet trained on the source loses more than 15 mIoU points on the
+# target against the oracle while staying far above chance (benchmarks/RESULTS.md, "Domain gap"): the full shift
+# and stronger sensor effects left the source-only model near 5-7 mIoU.
+TARGET_PALETTE_SHIFT = 0.25
+
 _GTA5_COUNTS = dict(car=3.5, parked_car=2.0, truck=0.9, bus=0.6, train=0.3, person=3.0, bicycle_rider=0.6,
                     motorcycle_rider=0.8, bicycle=0.4, motorcycle=0.5, tree=3.0, sign=1.0, static=1.0, cloud=4.0)
 _CITYSCAPES_COUNTS = dict(car=2.5, parked_car=4.0, truck=0.4, bus=0.35, train=0.25, person=6.0, bicycle_rider=1.0,
@@ -179,9 +199,10 @@ GTA5 = Style(
     counts=_GTA5_COUNTS, pole_spacing=(20.0, 50.0), crosswalk=0.3, parking=0.4)
 
 CITYSCAPES = Style(
-    name='cityscapes', palette=CITYSCAPES_PALETTE, textures=CITYSCAPES_TEXTURES, color_jitter=12.0,
-    brightness_jitter=0.15, texture_scale=0.6, tile_size=0.35, light_gradient=0.3, shadow_prob=0.5,
-    saturation=0.8, contrast=0.9, gamma=1.1, tint=(0.97, 1.0, 1.04), blur=0.7, vignetting=0.35, noise=4.0,
+    name='cityscapes', palette=blend_palettes(GTA5_PALETTE, CITYSCAPES_PALETTE, TARGET_PALETTE_SHIFT),
+    textures=CITYSCAPES_TEXTURES, color_jitter=12.0,
+    brightness_jitter=0.15, texture_scale=0.6, tile_size=0.35, light_gradient=0.15, shadow_prob=0.3,
+    saturation=0.8, contrast=0.9, gamma=1.1, tint=(0.97, 1.0, 1.04), blur=0.3, vignetting=0.15, noise=1.5,
     horizon=(0.40, 0.50), focal=(0.95, 1.15), object_scale=1.1, road_width=(5.0, 12.0), sidewalk_width=(2.5, 5.0),
     building_height=(8.0, 25.0), side_probs=dict(building=0.5, vegetation=0.25, wall=0.1, fence=0.1, gap=0.05),
     counts=_CITYSCAPES_COUNTS, pole_spacing=(10.0, 30.0), crosswalk=0.2, parking=0.7, ego_vehicle=True)
