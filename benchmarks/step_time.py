@@ -1,0 +1,47 @@
+"""Seconds per jitted, donated train step of a config's method on random uint8 data (after compilation).
+
+  python benchmarks/step_time.py adv '' 128 256 8 [field=value ...]   # config, preset, H, W, batch per domain
+
+Quicker than `--mode=benchmark` for comparing methods at the demo size; both time the compiled step only.
+"""
+
+import importlib
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rtda_jax.methods import base  # noqa: E402
+from tests.trainer_utils import override  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+  name, preset, h, w, batch = argv[0], argv[1] or None, int(argv[2]), int(argv[3]), int(argv[4])
+  config = importlib.import_module(f'configs.{name}').get_config(preset)
+  override(config, {k: type(v)(x) for k, x in (a.split('=') for a in argv[5:])
+                    for v in [eval('config.' + k)]})  # noqa: S307 (field names from the command line)
+  method = base.get_method(config)
+  state = method.init(jax.random.PRNGKey(0), {'source': (h, w), 'target': (h, w)})
+  rng = np.random.default_rng(0)
+  data = {d: {'image': jnp.asarray(rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)),
+              'label': jnp.asarray(rng.integers(0, 19, (batch, h, w), dtype=np.uint8))} for d in method.domains}
+  step = jax.jit(method.train_step, donate_argnums=0)
+  start = time.perf_counter()
+  state, metrics = step(state, data)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(4):
+    state, metrics = step(state, data)
+  jax.block_until_ready(metrics)
+  print(f'{name}:{preset or ""} {h}x{w} batch {batch}: compile+first {compile_s:.1f} s, '
+        f'step {(time.perf_counter() - start) / 4:.3f} s')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
