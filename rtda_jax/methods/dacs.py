@@ -58,9 +58,9 @@ def choose_classes(key: jax.Array, label: jax.Array, num_classes: int,
   """Which classes of one label map [H, W] ClassMix pastes: (chosen [C + 1] bool, present [C + 1] bool).
 
   Slot C is the ignore label. Of the n classes present, ceil(n / 2) = (n + n % 2) / 2 are chosen uniformly at random
-  without replacement (DACS: `np.random.choice(nclasses, int((nclasses + nclasses % 2) / 2), replace=False)` over
-  `torch.unique(labels[i])`, whose ignore filter is commented out, so the ignore label counts as a class:
-  `ignore_is_class=True`). Fixed shapes: a random priority per slot, and the ceil(n / 2) present slots of lowest
+  without replacement (DACS draws int((n + n % 2) / 2) of the values of `torch.unique(labels[i])` with NumPy's global
+  `choice(..., replace=False)`; its filter of the ignore label is commented out, so the ignore label counts as a
+  class: `ignore_is_class=True`). Fixed shapes: a random priority per slot, and the ceil(n / 2) present slots of lowest
   priority win.
   """
   slots = class_slots(label, num_classes)
