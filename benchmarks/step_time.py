@@ -12,12 +12,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rtda_jax.methods import base  # noqa: E402
-from tests.trainer_utils import override  # noqa: E402
+from tests.trainer_utils import override, random_batch  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -27,9 +26,7 @@ def main(argv: list[str]) -> None:
                     for v in [eval('config.' + k)]})  # noqa: S307 (field names from the command line)
   method = base.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': (h, w), 'target': (h, w)})
-  rng = np.random.default_rng(0)
-  data = {d: {'image': jnp.asarray(rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)),
-              'label': jnp.asarray(rng.integers(0, 19, (batch, h, w), dtype=np.uint8))} for d in method.domains}
+  data = jax.tree.map(jnp.asarray, random_batch(batch, (h, w), domains=method.domains))
   step = jax.jit(method.train_step, donate_argnums=0)
   start = time.perf_counter()
   state, metrics = step(state, data)

@@ -3,6 +3,7 @@ frozen discriminator against a hand-built computation, the sign of the adversari
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -15,7 +16,7 @@ from configs import adv as adv_config
 from rtda_jax import app, models
 from rtda_jax.methods import base
 from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
-                                 steps_on_mesh, tiny_config)
+                                 init_and_step, random_batch, steps_on_mesh, tiny_config)
 
 SHAPE = (64, 64)
 
@@ -32,18 +33,10 @@ def make_config(**overrides):
 
 
 def make_batch(batch_size=2, seed=0):
-  rng = np.random.default_rng(seed)
-  return {d: {'image': jnp.asarray(rng.integers(0, 256, (batch_size, *SHAPE, 3), dtype=np.uint8)),
-              'label': jnp.asarray(rng.integers(0, 19, (batch_size, *SHAPE), dtype=np.uint8))}
-          for d in ('source', 'target')}
+  return jax.tree.map(jnp.asarray, random_batch(batch_size, SHAPE, seed))
 
 
-def init_and_step(config, batch):
-  method = base.get_method(config)
-  state = method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE})
-  old = jax.device_get(state)
-  new, metrics = jax.jit(method.train_step)(state, batch)
-  return method, old, jax.device_get(new), jax.device_get(metrics)
+init_and_step = functools.partial(init_and_step, shape=SHAPE)
 
 
 def test_discriminator_is_untouched_by_the_segmentation_update():

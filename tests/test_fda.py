@@ -3,6 +3,7 @@ against a hand computation, self-training's pseudo-label term, presets, 1 vs 8 d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -16,7 +17,7 @@ from rtda_jax import app
 from rtda_jax.methods import base
 from rtda_jax.methods import fda
 from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
-                                 steps_on_mesh, tiny_config)
+                                 init_and_step, random_batch, steps_on_mesh, tiny_config)
 
 SHAPE = (32, 32)
 
@@ -142,20 +143,13 @@ def make_config(preset=None, **overrides):
 
 
 def make_batch(batch_size=2, seed=0, same_target=False):
-  rng = np.random.default_rng(seed)
-  batch = {d: {'image': rng.integers(0, 256, (batch_size, *SHAPE, 3), dtype=np.uint8),
-               'label': rng.integers(0, 19, (batch_size, *SHAPE), dtype=np.uint8)} for d in ('source', 'target')}
+  batch = random_batch(batch_size, SHAPE, seed)
   if same_target:  # every source image then takes the same style, whatever the permutation
     batch['target']['image'][:] = batch['target']['image'][:1]
   return jax.tree.map(jnp.asarray, batch)
 
 
-def init_and_step(config, batch):
-  method = base.get_method(config)
-  state = method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE})
-  old = jax.device_get(state)
-  new, metrics = jax.jit(method.train_step)(state, batch)
-  return method, old, jax.device_get(new), jax.device_get(metrics)
+init_and_step = functools.partial(init_and_step, shape=SHAPE)
 
 
 def hand_loss(config, old, batch, pseudo=False):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from rtda_jax import app, checkpointing, parallel
-from rtda_jax.methods import base
-from tests.trainer_utils import TINY, assert_trees_equal, read_eval, restore_params, tiny_config
+from tests.trainer_utils import (TINY, assert_trees_equal, random_batch, read_eval, restore_params, steps_on_mesh,
+                                 tiny_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,27 +111,13 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     parallel.check_batch_size(6, mesh)
 
 
-def _one_step(config, num_devices: int, batch):
-  mesh = parallel.make_mesh(num_devices)
-  method = base.get_method(config)
-  state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY}), mesh)
-  rep = parallel.replicated(mesh)
-  step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
-  for _ in range(2):
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
-  return jax.device_get(state.seg.params), jax.device_get(metrics)
-
-
 def test_one_and_eight_devices_give_the_same_step(data_root):
   assert len(jax.devices()) >= 8, 'conftest sets 8 fake CPU devices'
   config = tiny_config(data_root, **{'train.batch_size': 8})
-  rng = np.random.default_rng(0)
-  batch = {'source': {'image': rng.integers(0, 256, (8, *TINY, 3), dtype=np.uint8),
-                      'label': rng.integers(0, 19, (8, *TINY), dtype=np.uint8)}}
-  params1, metrics1 = _one_step(config, 1, batch)
-  params8, metrics8 = _one_step(config, 8, batch)
+  batch = random_batch(8, TINY, domains=('source',))
+  (state1, metrics1), (state8, metrics8) = (steps_on_mesh(config, n, batch, TINY) for n in (1, 8))
   np.testing.assert_allclose(metrics1['loss'], metrics8['loss'], rtol=1e-5, atol=1e-5)
-  assert_trees_equal(params1, params8, atol=1e-5)
+  assert_trees_equal(state1.seg.params, state8.seg.params, atol=1e-5)
 
 
 def test_command_line_end_to_end(data_root, tmp_path):

@@ -38,6 +38,24 @@ models.register_model(TINY_MODEL, models.ModelSpec(
     backbone_path=()))
 
 
+def random_batch(batch_size: int, shape: tuple[int, int], seed: int = 0,
+                 domains: tuple[str, ...] = ('source', 'target')) -> dict:
+  """{domain: {'image': uint8 [B, H, W, 3], 'label': uint8 [B, H, W] in 0..18}} numpy arrays from a seeded Generator."""
+  rng = np.random.default_rng(seed)
+  return {d: {'image': rng.integers(0, 256, (batch_size, *shape, 3), dtype=np.uint8),
+              'label': rng.integers(0, 19, (batch_size, *shape), dtype=np.uint8)} for d in domains}
+
+
+def init_and_step(config, batch: dict, shape: tuple[int, int]):
+  """One jitted train step of `config.method` from the state of PRNGKey(0): (method, old, new, metrics) on the host."""
+  from rtda_jax.methods import base
+  method = base.get_method(config)
+  state = method.init(jax.random.PRNGKey(0), {'source': shape, 'target': shape})
+  old = jax.device_get(state)
+  new, metrics = jax.jit(method.train_step)(state, batch)
+  return method, old, jax.device_get(new), jax.device_get(metrics)
+
+
 def steps_on_mesh(config, num_devices: int, batch: dict, shape: tuple[int, int], num_steps: int = 2):
   """`num_steps` jitted, donated train steps of `config.method` on a mesh of `num_devices` (state replicated, batch
   sharded), from the state of PRNGKey(0); returns the final (state, metrics) on the host."""
