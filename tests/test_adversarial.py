@@ -135,7 +135,8 @@ def test_presets_choose_the_adapted_levels(preset, levels):
 def test_feature_level_and_light_discriminator_run():
   config = make_config(**{'adv.level': 'feature', 'adv.discriminator': 'light'})
   _, old, new, metrics = init_and_step(config, make_batch())
-  assert old.discs[0].params['conv1']['depthwise']['kernel'].shape[-2:] == (1, 8)  # 8 feature channels in
+  # 8 feature channels in; features get the size-preserving 3x3 stride-1 discriminator.
+  assert old.discs[0].params['conv1']['depthwise']['kernel'].shape == (3, 3, 1, 8)
   assert np.isfinite(metrics['loss']) and np.isfinite(metrics['loss_disc0'])
 
 

@@ -240,6 +240,25 @@ def test_discriminator_runs_from_its_own_init_in_both_dtypes(name):
     assert out.shape == (2, 2, 2, 1) and out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
 
 
+@pytest.mark.parametrize('name', ['fc', 'light'])
+def test_feature_discriminator_keeps_the_resolution_of_small_inputs(name):
+  # BiSeNet's layer4 features of a 128x256 image are 4x8: five halvings would leave nothing.
+  disc = models.get_discriminator(name, 512, 'float32', downsample=False)
+  variables = models.init_shapes(disc, (2, 4, 8, 512))
+  out = jax.eval_shape(disc.apply, variables, jnp.zeros((2, 4, 8, 512)))
+  assert out.shape == (2, 4, 8, 1)
+  chans = (512, 64, 128, 256, 512, 1)
+  expected = (sum(9 * i * o + o for i, o in zip(chans, chans[1:])) if name == 'fc'
+              else sum(9 * i + i + i * o + o for i, o in zip(chans, chans[1:])))  # depthwise 3x3 + pointwise
+  assert models.count_params(variables['params']) == expected
+
+
+def test_discriminator_rejects_an_input_too_small_for_five_halvings():
+  disc = models.get_discriminator('fc', 512)
+  with pytest.raises(ValueError, match=r'\(16, 32\) is too small'):
+    models.init_shapes(disc, (1, 16, 32, 512))  # 16 -> 8 -> 4 -> 2 -> 1 -> 0
+
+
 def test_discriminator_rejects_wrong_channel_count():
   disc = models.get_discriminator('fc', NUM_CLASSES)
   with pytest.raises(ValueError, match='19 input channels'):

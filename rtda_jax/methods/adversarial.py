@@ -92,7 +92,9 @@ class Adversarial(base.Method):
     discs = []
     for i, (level, _) in enumerate(self.levels):
       shape = jax.eval_shape(lambda o: level_input(o, level), outputs).shape
-      disc = models.get_discriminator(self.config.adv.discriminator, shape[-1], self.config.model.dtype)
+      # Backbone features are already 1/8-1/32 of the image: their discriminator keeps the resolution.
+      disc = models.get_discriminator(self.config.adv.discriminator, shape[-1], self.config.model.dtype,
+                                      downsample=level != 'features')
       variables = jax.jit(disc.init)(jax.random.fold_in(disc_key, i), jnp.zeros(shape, jnp.float32))
       discs.append(base.create_train_state(disc, variables, tx))
     return AdversarialState(seg=seg, discs=tuple(discs), key=step_key)

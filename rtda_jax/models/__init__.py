@@ -75,11 +75,13 @@ def param_labels(model_config: ml_collections.ConfigDict, params: Any) -> Any:
   return get_model_spec(model_config.name).param_labels(params)
 
 
-def get_discriminator(name: str, num_classes_or_channels: int, dtype: Any = 'float32') -> nn.Module:
-  """'fc' (AdaptSegNet) or 'light' (depthwise-separable): [B, H, W, C] -> logits [B, H/32, W/32, 1] float32."""
+def get_discriminator(name: str, num_classes_or_channels: int, dtype: Any = 'float32',
+                      downsample: bool = True) -> nn.Module:
+  """'fc' (AdaptSegNet) or 'light' (depthwise-separable): [B, H, W, C] -> logits [B, H/32, W/32, 1] float32
+  ([B, H, W, 1] with `downsample=False`, for inputs that are already small such as backbone features)."""
   if name not in discriminator.DISCRIMINATORS:
     raise ValueError(f'Unknown discriminator {name!r}; choose one of {sorted(discriminator.DISCRIMINATORS)}.')
-  return discriminator.DISCRIMINATORS[name](num_classes_or_channels, get_dtype(dtype))
+  return discriminator.DISCRIMINATORS[name](num_classes_or_channels, downsample, get_dtype(dtype))
 
 
 def load_pretrained(model_config: ml_collections.ConfigDict, variables: Any) -> Any:
