@@ -30,12 +30,6 @@ def get_config(arg=None):
   adv.disc_betas = (0.9, 0.99)
   adv.warmup_steps = 0  # segmentation-only steps before the adversarial term switches on
 
-  # Demo scale: an adversarial step costs about 4x a supervised one on a CPU (two domains, full-resolution
-  # discriminator), so the demo trains half the batch for half the steps to stay near 10 minutes on 2 cores.
-  config.train.batch_size = 4
-  config.train.num_steps = 200
-  config.eval.every_steps = 100
-
   presets = common.split_preset(arg)
   common.apply_presets(config, ','.join(p for p in presets if p not in ADV_PRESETS))
   for p in presets:
