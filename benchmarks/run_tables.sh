@@ -11,7 +11,7 @@ set -u
 cd "$(dirname "$0")/.."
 SEEDS=${1:-"0 1 2"}
 shift || true
-ROWS=${*:-"source_only source_only_light source_only_strong oracle adv_single adv_multi adv_feature fda_b001 fda_b005 fda_b009 fda_mbt fda_mbt_st dacs"}
+ROWS=${*:-"source_only source_only_light source_only_strong oracle adv_single adv_multi adv_feature adv_lambda0 adv_lambda001 fda_b001 fda_b005 fda_b009 fda_mbt fda_mbt_st dacs"}
 OUT=runs/table
 mkdir -p "$OUT"
 
@@ -23,6 +23,8 @@ row_args() {  # row seed -> the main.py arguments of that row
     source_only_strong) echo "--config=configs/source_only.py --config.train.augment=strong" ;;
     oracle) echo "--config=configs/oracle.py" ;;
     adv_single) echo "--config=configs/adv.py" ;;
+    adv_lambda0) echo "--config=configs/adv.py --config.adv.lambda_adv=0" ;;  # ablation: target batches, no adversarial term
+    adv_lambda001) echo "--config=configs/adv.py --config.adv.lambda_adv=0.01" ;;  # 10x the reference lambda
     adv_multi) echo "--config=configs/adv.py:multilevel" ;;
     adv_feature) echo "--config=configs/adv.py:feature" ;;
     fda_b001|fda_b005|fda_b009) echo "--config=configs/fda.py:${row#fda_}" ;;

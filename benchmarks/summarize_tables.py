@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from rtda_jax import labels  # noqa: E402
 
 ROW_ORDER = ('source_only', 'source_only_light', 'source_only_strong', 'adv_single', 'adv_multi', 'adv_feature',
-             'fda_b001', 'fda_b005', 'fda_b009', 'fda_mbt', 'fda_mbt_st', 'dacs', 'oracle')
+             'adv_lambda0', 'adv_lambda001', 'fda_b001', 'fda_b005', 'fda_b009', 'fda_mbt', 'fda_mbt_st', 'dacs', 'oracle')
 
 
 def load(root: str) -> dict[str, dict[int, dict]]:
