@@ -47,8 +47,9 @@ for s in $SEEDS; do
     # shellcheck disable=SC2086
     python main.py $args --config.seed="$s" --workdir="$wd" > "$wd/run.log" 2>&1
     rc=$?
-    echo "{\"row\": \"$row\", \"seed\": $s, \"rc\": $rc, \"wall_s\": $(( $(date +%s) - t0 ))}" > "$wd/wall.json"
-    echo "$(date -u +%FT%TZ) done $wd rc=$rc wall=$(( $(date +%s) - t0 ))s"
+    wall=$(( $(date +%s) - t0 ))
+    echo "{\"row\": \"$row\", \"seed\": $s, \"rc\": $rc, \"wall_s\": $wall}" > "$wd/wall.json"
+    echo "$(date -u +%FT%TZ) done $wd rc=$rc wall=${wall}s"
     [ $rc -eq 0 ] || echo "FAILED: see $wd/run.log"
   done
 done
