@@ -71,14 +71,18 @@ def steps_on_mesh(config, num_devices: int, batch: dict, shape: tuple[int, int],
   return jax.device_get((state, metrics))
 
 
+def get_field(config, key: str):
+  """The value at a dotted field ('train.augment') of a config; '' is the config itself."""
+  for part in filter(None, key.split('.')):
+    config = config[part]
+  return config
+
+
 def override(config, overrides: dict):
   """Sets dotted fields ('train.batch_size') of a config; returns it."""
   for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+    parent, _, leaf = key.rpartition('.')
+    get_field(config, parent)[leaf] = value
   return config
 
 
