@@ -37,6 +37,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.num_workers = 2  # grain worker processes per pipeline (0 = in the main process)
   data.prefetch = 2
   data.eval_batch_size = 8
+  # Rare-class sampling (DAFormer's RCS) of the source domain: class c with p ~ exp((1 - f_c) / T), then an image
+  # holding at least `min_pixels` pixels of c (DAFormer: 3000 at GTA5's 1914x1052; scaled with the stored size
+  # when 0).
+  data.rcs = rcs = ml_collections.ConfigDict()
+  rcs.enabled = False
+  rcs.temperature = 0.01
+  rcs.min_pixels = 0  # 0 = 3000 x (stored pixels / 1914x1052 pixels), rounded
 
   # The embedded benchmark: procedurally generated two-domain street scenes (rtda_jax/data/synthetic.py).
   data.synthetic = syn = ml_collections.ConfigDict()
@@ -55,6 +62,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.dtype = 'float32'  # computation dtype: float32 or bfloat16 (parameters stay float32)
   model.pretrained = ml_collections.FieldReference(None, field_type=str)  # .npz / .safetensors / .pth; None = random
   model.multi_level = False  # DeepLab-v2: second classifier on layer3
+  # BatchNorm: 'train' (batch statistics in training, affine learned), 'batch' (batch statistics in training, affine
+  # frozen, running statistics updated: AdaptSegNet/FDA/DACS's DeepLab-v2), 'frozen' (running statistics always,
+  # affine frozen); None = the model's default (BiSeNet 'train', DeepLab-v2 'batch').
+  model.bn_mode = ml_collections.FieldReference(None, field_type=str)
+  model.align_corners = False  # upsampling of the logits to the input size (the DeepLab-v2 references: True)
+  # Warm start: WORKDIR[:best|last|STEP] of any earlier run; its segmentation variables (not its optimiser or step)
+  # initialise this run. None = random / `pretrained` initialisation.
+  model.init_from = ml_collections.FieldReference(None, field_type=str)
+  model.allow_random_init = False  # `paper` presets stop without `pretrained` / `init_from` unless this is True
 
   # ---- training ---------------------------------------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
@@ -86,6 +102,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   ev.scales = (1.0,)  # test-time augmentation: multi-scale
   ev.num_prediction_images = 4
   ev.checkpoint = ml_collections.FieldReference(None, field_type=int)  # --mode=evaluate: step to load (None = last)
+  # How images are fed and scored: 'stored' (the stored val images, scored at the stored label size), 'adaptsegnet'
+  # (AdaptSegNet / FDA: image at eval.input_size, prediction upsampled to the full label resolution), 'dacs'
+  # (image and labels at eval.input_size). See rtda_jax/evaluate.py.
+  ev.protocol = 'stored'
+  ev.input_size = (512, 1024)  # [H, W] the image is fed at by the 'adaptsegnet' and 'dacs' protocols
+  ev.align_corners = False  # upsampling of the prediction to the scored size (the DeepLab-v2 references: True)
 
   # ---- benchmark (--mode=benchmark) ---------------------------------------------------------------------------
   config.benchmark = bench = ml_collections.ConfigDict()

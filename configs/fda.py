@@ -58,6 +58,11 @@ def get_config(arg=None):
   mbt.percentile = 0.66  # per class: the confidence at rank round(0.66 n) of the n pixels predicted as the class
   mbt.max_threshold = 0.9  # thresholds are capped here
   mbt.num_bins = 10000  # confidence histogram bins over [0, 1] (thresholds are exact to one bin)
+  # Pseudo-label selection rule: 'fda' (per-class percentile of the confidences, FDA's getSudoLabel_multi.py),
+  # 'cbst' (class-balanced: CBST's class-normalised confidences, keeping `cbst_portion` of each class's pixels),
+  # 'agreement' (the FDA rule, and every ensemble member must predict the same class). See rtda_jax/selftrain.py.
+  mbt.rule = 'fda'
+  mbt.cbst_portion = 0.2  # CBST: portion p of each class's predicted pixels kept (grow it over rounds: 0.2, 0.4, ...)
 
   presets = common.split_preset(arg)
   betas = [b for b in map(parse_beta, presets) if b is not None]

@@ -14,18 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet, batch_norm
 
 # torchvision's ImageNet statistics, for inputs in 0..255 RGB.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-  """[B, h, w, C] -> [B, H, W, C], bilinear, half-pixel centres (align_corners=False), no antialiasing."""
-  if tuple(x.shape[1:3]) == tuple(size):
-    return x
-  return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), method='bilinear', antialias=False)
 
 
 def imagenet_normalize(images: jnp.ndarray) -> jnp.ndarray:

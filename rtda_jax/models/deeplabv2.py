@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rtda_jax.models.bisenet import resize_bilinear
+from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet
 
 # Caffe convention of the DeepLab-v2 weights: BGR order, mean subtracted, no division by a std.
