@@ -8,7 +8,9 @@ Layer for layer the networks of rtda_jax/models (bisenet.py, deeplabv2.py, resne
 torchvision, with module names that make our Flax variables, exported by `pretrained.flax_to_torch`
 (kernel HWIO -> weight OIHW, BN scale/bias/mean/var -> weight/bias/running_mean/running_var), load with
 `load_state_dict(strict=True)`. Steps:
-1. parity: the same random variables in both, float32 on CPU at a small size: the logits must agree (--tolerance);
+1. parity: the same random variables in both, float32 on CPU at a small size: the logits must agree (--tolerance),
+   in eval mode and, in the models' BatchNorm mode, in one training forward pass, whose running statistics
+   (PyTorch's unbiased-variance update) must agree too (`train_parity`);
 2. speed: our eval forward pass timed by `rtda_jax.benchmark` (compiled executable, inputs on the device,
    block_until_ready) and the twin timed as a careful PyTorch user would: eval + inference_mode, channels_last,
    cudnn.benchmark, TF32 allowed for float32 (as JAX's default precision on NVIDIA GPUs), bf16 autocast, eager and
@@ -127,9 +129,12 @@ class ResNet(nn.Module):
     return tuple(feats)
 
 
-def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-  """Bilinear, half-pixel centres (align_corners=False), as `jax.image.resize` when upsampling."""
-  return x if tuple(x.shape[2:]) == tuple(size) else F.interpolate(x, size, mode='bilinear', align_corners=False)
+def upsample(x: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+  """Bilinear, half-pixel centres (align_corners=False, as `jax.image.resize` when upsampling) or corner-aligned, as
+  `rtda_jax.models.resize.resize_bilinear`."""
+  if tuple(x.shape[2:]) == tuple(size):
+    return x
+  return F.interpolate(x, size, mode='bilinear', align_corners=align_corners)
 
 
 class ConvBlock(nn.Module):
@@ -176,10 +181,11 @@ class FeatureFusionModule(nn.Module):
 
 
 class BiSeNet(nn.Module):
-  """rtda_jax.models.bisenet.BiSeNet (eval mode: logits only; the supervision heads exist for the weights)."""
+  """rtda_jax.models.bisenet.BiSeNet (logits only; the supervision heads exist for the weights)."""
 
-  def __init__(self, num_classes: int = 19):
+  def __init__(self, num_classes: int = 19, align_corners: bool = False):
     super().__init__()
+    self.align_corners = align_corners
     self.register_buffer('mean', torch.tensor(jax_bisenet.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
     self.register_buffer('std', torch.tensor(jax_bisenet.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
     self.spatial_path = SpatialPath()
@@ -200,7 +206,7 @@ class BiSeNet(nn.Module):
     cx2 = self.attention_refinement_module2(layer4) * layer4.mean((2, 3), keepdim=True)
     size8 = spatial.shape[2:]
     context = torch.cat([upsample(cx1, size8), upsample(cx2, size8)], 1)
-    fused = upsample(self.feature_fusion_module(spatial, context), size)
+    fused = upsample(self.feature_fusion_module(spatial, context), size, self.align_corners)
     return self.conv(fused).float()
 
 
@@ -217,18 +223,20 @@ class ASPPClassifier(nn.ModuleList):
 class DeepLabV2(nn.Module):
   """rtda_jax.models.deeplabv2.DeepLabV2 (single level): caffe ResNet-101, output stride 8, ASPP sum."""
 
-  def __init__(self, num_classes: int = 19):
+  def __init__(self, num_classes: int = 19, align_corners: bool = False):
     super().__init__()
+    self.align_corners = align_corners
     self.register_buffer('mean', torch.tensor(jax_deeplabv2.CAFFE_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
     self.backbone = ResNet(101, output_stride=8, caffe_style=True)
     self.classifier = ASPPClassifier(2048, num_classes)
 
   def forward(self, images: torch.Tensor) -> torch.Tensor:
     x = images.flip(1) - self.mean  # RGB -> BGR minus the caffe mean
-    return upsample(self.classifier(self.backbone(x)[3]).float(), images.shape[2:])
+    return upsample(self.classifier(self.backbone(x)[3]).float(), images.shape[2:], self.align_corners)
 
 
-TWINS: dict[str, Callable[[int], nn.Module]] = {'bisenet': BiSeNet, 'deeplabv2': DeepLabV2}
+TWINS: dict[str, Callable[..., nn.Module]] = {'bisenet': BiSeNet, 'deeplabv2': DeepLabV2}
+BACKBONES = {'bisenet': 'context_path', 'deeplabv2': 'backbone'}  # where `bn_mode` applies, as in our models
 
 
 # ---- weights and parity -----------------------------------------------------------------------------------------
@@ -238,9 +246,9 @@ def export_state_dict(variables: Any) -> dict[str, np.ndarray]:
   return flax_to_torch(jax.tree_util.tree_map(np.asarray, variables))
 
 
-def load_twin(name: str, variables: Any, num_classes: int = 19) -> nn.Module:
+def load_twin(name: str, variables: Any, num_classes: int = 19, align_corners: bool = False) -> nn.Module:
   """The twin of model `name` holding our `variables`, in eval mode (strict: every key must match)."""
-  twin = TWINS[name](num_classes)
+  twin = TWINS[name](num_classes, align_corners)
   state = {k: torch.from_numpy(np.array(v, np.float32, copy=True)) for k, v in export_state_dict(variables).items()}
   for key, value in twin.state_dict().items():
     if key.endswith('num_batches_tracked'):
@@ -249,11 +257,24 @@ def load_twin(name: str, variables: Any, num_classes: int = 19) -> nn.Module:
   return twin.eval()
 
 
+def train_mode(twin: nn.Module, name: str, bn_mode: str) -> nn.Module:
+  """The twin in training as our model in `bn_mode` ('train', 'batch', 'frozen'): the backbone's BN scale/bias
+  without gradients in 'batch' / 'frozen' (as AdaptSegNet / FDA / DACS), and its BN in eval mode in 'frozen'."""
+  twin.train()
+  for module in getattr(twin, BACKBONES[name]).modules():
+    if isinstance(module, nn.BatchNorm2d):
+      module.weight.requires_grad_(bn_mode == 'train')
+      module.bias.requires_grad_(bn_mode == 'train')
+      if bn_mode == 'frozen':
+        module.eval()
+  return twin
+
+
 def jax_setup(name: str, resolution: tuple[int, int], dtype: str = 'float32', seed: int = 0,
-              num_classes: int = 19) -> tuple[Any, Any]:
+              num_classes: int = 19, bn_mode: str | None = None, align_corners: bool = False) -> tuple[Any, Any]:
   """(our module, random variables) for model `name` at `resolution`."""
   cfg = ml_collections.ConfigDict(dict(name=name, num_classes=num_classes, dtype=dtype, pretrained=None,
-                                       multi_level=False))
+                                       multi_level=False, bn_mode=bn_mode, align_corners=align_corners))
   module = models.get_model(cfg)
   return module, benchmark.random_tree(models.init_shapes(module, (1, *resolution, 3), train=False), seed)
 
@@ -270,6 +291,43 @@ def parity(name: str, resolution: tuple[int, int] = (64, 128), batch: int = 2, s
   diff = np.abs(ours - theirs)
   return {'max_abs_diff': float(diff.max()), 'mean_abs_diff': float(diff.mean()),
           'max_abs_logit': float(np.abs(ours).max()), 'resolution': list(resolution), 'batch': batch}
+
+
+def train_parity(name: str, bn_mode: str | None = None, align_corners: bool = False,
+                 resolution: tuple[int, int] = (64, 128), batch: int = 2, seed: int = 0,
+                 float64_reference: bool = False) -> dict[str, Any]:
+  """One training forward pass of both in `bn_mode` (None: the model's default) from the same variables, float32 on
+  CPU: max |ours - twin| of the logits and of every BatchNorm running statistic after its update (`max_abs_stat`
+  scales it), and which statistics moved (none of the backbone's in 'frozen' mode). With `float64_reference`, also
+  the errors of ours and of the float32 twin against the twin in float64: batch-statistics BN with few values per
+  channel amplifies float32 rounding, and the twin's own error is the yardstick for ours."""
+  with jax.default_device(jax.devices('cpu')[0]):
+    module, variables = jax_setup(name, resolution, seed=seed, bn_mode=bn_mode, align_corners=align_corners)
+    images = np.random.default_rng(seed).uniform(0, 255, (batch, *resolution, 3)).astype(np.float32)
+    out, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=['batch_stats']))(variables, images)
+    ours = np.asarray(out['logits'])
+  before = export_state_dict({'batch_stats': variables['batch_stats']})
+  after = export_state_dict({'batch_stats': updates['batch_stats']})
+  twin = train_mode(load_twin(name, variables, align_corners=align_corners), name, module.bn_mode)
+  with torch.no_grad():
+    theirs = twin(torch.from_numpy(images).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  state = {k: v.numpy() for k, v in twin.state_dict().items()}
+  stat_diff = lambda x, y: max(float(np.abs(x[k] - y[k]).max()) for k in after)
+  result = {'bn_mode': module.bn_mode, 'max_abs_diff': float(np.abs(ours - theirs).max()),
+            'max_abs_logit': float(np.abs(ours).max()), 'max_abs_stat_diff': stat_diff(after, state),
+            'max_abs_stat': max(float(np.abs(v).max()) for v in after.values()),
+            'moved': sorted(k for k in after if not np.array_equal(after[k], before[k])),
+            'twin_moved': sorted(k for k in after if not np.array_equal(state[k], before[k])),
+            'resolution': list(resolution), 'batch': batch}
+  if float64_reference:
+    twin64 = train_mode(load_twin(name, variables, align_corners=align_corners).double(), name, module.bn_mode)
+    with torch.no_grad():
+      exact = twin64(torch.from_numpy(images).double().permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    state64 = {k: v.numpy() for k, v in twin64.state_dict().items()}
+    result['float64'] = {'ours_logit_error': float(np.abs(ours - exact).max()),
+                         'twin_logit_error': float(np.abs(theirs - exact).max()),
+                         'ours_stat_error': stat_diff(after, state64), 'twin_stat_error': stat_diff(state, state64)}
+  return result
 
 
 # ---- timing -----------------------------------------------------------------------------------------------------
@@ -349,9 +407,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for name in args.models.split(','):
     check = parity(name, seed=args.seed)
     check['ok'] = check['max_abs_diff'] <= args.tolerance * max(1.0, check['max_abs_logit'])
+    train_check = train_parity(name, seed=args.seed)
+    train_check['ok'] = (train_check['max_abs_diff'] <= args.tolerance * max(1.0, train_check['max_abs_logit'])
+                         and train_check['max_abs_stat_diff'] <= args.tolerance * max(1.0, train_check['max_abs_stat'])
+                         and train_check['moved'] == train_check['twin_moved'])
+    check['train'] = train_check
+    check['ok'] = check['ok'] and train_check['ok']
     results['parity'][name] = check
     print(f"parity {name}: max |JAX - PyTorch| = {check['max_abs_diff']:.2e} (max |logit| "
-          f"{check['max_abs_logit']:.2f}) -> {'OK' if check['ok'] else 'MISMATCH'}", flush=True)
+          f"{check['max_abs_logit']:.2f}); training forward ({train_check['bn_mode']}): logits "
+          f"{train_check['max_abs_diff']:.2e}, running statistics {train_check['max_abs_stat_diff']:.2e} -> "
+          f"{'OK' if check['ok'] else 'MISMATCH'}", flush=True)
     for dtype in args.dtypes.split(','):
       module, variables = jax_setup(name, resolution, dtype, seed=args.seed)
       twin = load_twin(name, variables)

@@ -18,9 +18,10 @@ from rtda_jax.models.resnet import ResNet
 NUM_CLASSES = 19
 
 
-def model_config(name: str, dtype: str = 'float32', multi_level: bool = False) -> ml_collections.ConfigDict:
+def model_config(name: str, dtype: str = 'float32', multi_level: bool = False, bn_mode: str | None = None,
+                 align_corners: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(name=name, num_classes=NUM_CLASSES, dtype=dtype, pretrained=None,
-                                        multi_level=multi_level))
+                                        multi_level=multi_level, bn_mode=bn_mode, align_corners=align_corners))
 
 
 def fake_variables(module, input_shape, seed: int = 0, **kwargs):
@@ -140,12 +141,12 @@ def test_bisenet_rejects_sizes_not_multiple_of_32():
 
 @pytest.fixture(scope='module', params=['float32', 'bfloat16'])
 def deeplab_multi_level(request):
-  """(model, variables) of a multi-level DeepLab-v2 at [1, 64, 64, 3], built once per dtype."""
-  model = models.get_model(model_config('deeplabv2', request.param, multi_level=True))
+  """(model, variables) of a multi-level DeepLab-v2 in 'frozen' BN mode at [1, 64, 64, 3], built once per dtype."""
+  model = models.get_model(model_config('deeplabv2', request.param, multi_level=True, bn_mode='frozen'))
   return model, fake_variables(model, (1, 64, 64, 3), train=False)
 
 
-def test_deeplab_frozen_bn_keeps_batch_stats_and_train_equals_eval(deeplab_multi_level):
+def test_deeplab_frozen_mode_keeps_batch_stats_and_train_equals_eval(deeplab_multi_level):
   model, variables = deeplab_multi_level
   x = images((1, 64, 64, 3))
   train_out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(variables, x)
@@ -165,32 +166,166 @@ def test_deeplab_normalises_caffe_style():
                              [30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434], rtol=1e-6)
 
 
+# ---- BatchNorm modes ---------------------------------------------------------------------------------------
+
+def test_bn_mode_defaults_and_config_override():
+  assert models.bn_mode(model_config('bisenet')) == 'train' and models.bn_mode(model_config('deeplabv2')) == 'batch'
+  for name in ('bisenet', 'deeplabv2'):
+    assert models.get_model(model_config(name)).bn_mode == models.bn_mode(model_config(name))
+    for mode in ('train', 'batch', 'frozen'):
+      assert models.get_model(model_config(name, bn_mode=mode)).bn_mode == mode
+      assert models.bn_mode(model_config(name, bn_mode=mode)) == mode
+  config = ml_collections.ConfigDict(dict(name='deeplabv2', num_classes=NUM_CLASSES, dtype='float32'))
+  assert models.get_model(config).bn_mode == 'batch'  # a config without the field: the model's default
+
+
+@pytest.mark.parametrize('name', ['bisenet', 'deeplabv2'])
+def test_unknown_bn_mode_names_the_field(name):
+  with pytest.raises(ValueError, match=r"config.model.bn_mode='sync'"):
+    models.get_model(model_config(name, bn_mode='sync'))
+  with pytest.raises(ValueError, match=r"config.model.bn_mode='sync'"):
+    models.param_labels(model_config(name, bn_mode='sync'), {})
+
+
+def one_sgd_step(model, config, variables, x, labels):
+  """One SGD step of CE through `segmentation_optimizer` and `models.param_labels(config, ...)`, as the methods do:
+  the new TrainState on the host. No weight decay, so whatever moves is moved by its gradient."""
+  from rtda_jax import losses
+  from rtda_jax.methods import base, supervised
+  train_cfg = ml_collections.ConfigDict(dict(optimizer='sgd', learning_rate=0.1, head_lr_mult=10.0, momentum=0.9,
+                                             weight_decay=0.0, num_steps=10, poly_power=0.9, warmup_steps=0))
+  tx = base.segmentation_optimizer(train_cfg, models.param_labels(config, variables['params']))
+  state = base.create_train_state(model, variables, tx)
+
+  def step(state):
+    def loss_fn(params):
+      outputs, batch_stats = supervised.apply_train(state, params, x)
+      return losses.cross_entropy(outputs['logits'], labels), batch_stats
+    grads, batch_stats = jax.grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+  return jax.device_get(jax.jit(step)(state))
+
+
+def leaves(tree):
+  """{'a/b/c': leaf} of a pytree of dicts."""
+  return {'/'.join(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.parametrize('mode', ['train', 'batch', 'frozen'])
+def test_deeplab_bn_modes_in_a_training_step(mode):
+  """'train': BN scale/bias learn; 'batch' (the default): they never move but the running statistics do, and
+  training normalises with the batch's statistics; 'frozen': neither moves, training normalises with the running
+  statistics. DeepLab-v2 from the registry, shrunk to a ResNet-18 backbone (same code, same labels)."""
+  config = model_config('deeplabv2', bn_mode=mode)
+  model = models.get_model(config).clone(backbone_depth=18)
+  x = images((2, 32, 32, 3))
+  labels = jnp.asarray(np.random.default_rng(1).integers(0, NUM_CLASSES, (2, 32, 32)), jnp.int32)
+  variables = fake_variables(model, x.shape, train=False)
+  new = one_sgd_step(model, config, variables, x, labels)
+  old_params, new_params = leaves(variables['params']), leaves(new.params)
+  bn = [k for k in old_params if k.startswith('backbone/') and k.endswith(('/scale', '/bias'))]
+  assert len(bn) == 2 * 20  # ResNet-18: stem + 16 block BNs + 3 downsample BNs
+  moved = {k: not np.array_equal(old_params[k], new_params[k]) for k in old_params}
+  assert all(moved[k] for k in old_params if k.endswith('/kernel'))
+  assert all(moved[k] == (mode == 'train') for k in bn)
+  old_stats, new_stats = leaves(variables['batch_stats']), leaves(new.batch_stats)
+  assert sorted(old_stats) == sorted(new_stats) and len(old_stats) == len(bn)
+  assert all(np.array_equal(old_stats[k], new_stats[k]) == (mode == 'frozen') for k in old_stats)
+  train_logits = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0]['logits'])(
+      variables, x)
+  eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])(variables, x)
+  assert np.array_equal(np.asarray(train_logits), np.asarray(eval_logits)) == (mode == 'frozen')
+
+
+def test_bisenet_frozen_mode_freezes_only_the_context_path_statistics():
+  model = models.get_model(model_config('bisenet', bn_mode='frozen'))
+  variables = fake_variables(model, (2, 64, 64, 3), train=False)
+  _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables, images((2, 64, 64, 3)))
+  old, new = leaves(variables['batch_stats']), leaves(updates['batch_stats'])
+  for k in old:  # the ImageNet context path keeps its statistics; the from-scratch parts use ordinary BN
+    assert np.array_equal(old[k], new[k]) == k.startswith('context_path/'), k
+
+
+# ---- align_corners ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('align_corners', [True, False])
+def test_deeplab_align_corners_upsampling_of_logits_and_aux(align_corners):
+  """A 65x65 input gives 9x9 classifier maps; with align_corners every 8th output pixel (64 / 8) IS a classifier
+  pixel, bit for bit (interpolation weight exactly 0 or 1); with half-pixel centres it is not."""
+  config = model_config('deeplabv2', multi_level=True, align_corners=align_corners)
+  model = models.get_model(config).clone(backbone_depth=18)
+  assert model.align_corners is align_corners
+  x = images((1, 65, 65, 3))
+  variables = fake_variables(model, x.shape, train=False)
+  out, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
+                                                mutable=['intermediates']))(variables, x)
+  for logits, head in ((out['logits'], 'classifier'), (out['aux'][0], 'classifier_aux')):
+    low = np.asarray(inter['intermediates'][head]['__call__'][0])
+    assert low.shape == (1, 9, 9, NUM_CLASSES)
+    sampled = np.asarray(logits)[:, ::8, ::8]
+    if align_corners:
+      np.testing.assert_array_equal(sampled, low)
+    else:
+      assert np.abs(sampled - low).max() > 0.01 * np.abs(low).max()
+
+
+@pytest.mark.parametrize('align_corners', [True, False])
+def test_bisenet_align_corners_upsampling_to_the_input(align_corners):
+  """BiSeNet upsamples the fused 1/8 map to the input, then a 1x1 conv: the conv commutes with bilinear weights
+  (they sum to 1), so with align_corners every 9th pixel of a 64x64 output (63 / 7) is the conv of a fused pixel."""
+  model = models.get_model(model_config('bisenet', align_corners=align_corners))
+  assert model.align_corners is align_corners
+  x = images((1, 64, 64, 3))
+  variables = fake_variables(model, x.shape, train=False)
+  out, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
+                                                mutable=['intermediates']))(variables, x)
+  fused = np.asarray(inter['intermediates']['feature_fusion_module']['__call__'][0], np.float64)  # [1, 8, 8, K]
+  conv = variables['params']['conv']
+  expected = fused @ np.asarray(conv['kernel'], np.float64)[0, 0] + np.asarray(conv['bias'], np.float64)
+  sampled = np.asarray(out['logits'])[:, ::9, ::9]
+  # float32 1x1 conv: K = 19 products summed, error <= 19 u sum|w f| (+ the bias addition's rounding).
+  bound = (NUM_CLASSES + 1) * 2.0 ** -24 * (np.abs(fused) @ np.abs(np.asarray(conv['kernel'], np.float64)[0, 0])
+                                           + np.abs(np.asarray(conv['bias'])))
+  if align_corners:
+    assert np.all(np.abs(sampled - expected) <= bound)
+  else:
+    assert np.abs(sampled - expected).max() > 1000 * bound.max()
+
+
 # ---- parameter labels -------------------------------------------------------------------------------------------
 
-def test_param_labels_bisenet_backbone_is_the_context_path():
-  config = model_config('bisenet')
+@pytest.mark.parametrize('mode', [None, 'train', 'batch', 'frozen'])
+def test_param_labels_bisenet_backbone_is_the_context_path(mode):
+  config = model_config('bisenet', bn_mode=mode)
   params = models.init_shapes(models.get_model(config), (1, 64, 64, 3), train=False)['params']
   labels = models.param_labels(config, params)
   assert jax.tree_util.tree_structure(labels) == jax.tree_util.tree_structure(params)
-  assert set(jax.tree_util.tree_leaves(labels['context_path'])) == {'backbone'}
+  bn_label = 'frozen' if mode in ('batch', 'frozen') else 'backbone'
+  for path, label in leaves(labels['context_path']).items():
+    assert label == ('backbone' if path.endswith('kernel') else bn_label), path
+  assert labels['context_path']['layer1']['0']['bn1'] == {'scale': bn_label, 'bias': bn_label}
   others = [l for k, v in labels.items() if k != 'context_path' for l in jax.tree_util.tree_leaves(v)]
-  assert set(others) == {'head'}
+  assert set(others) == {'head'}  # the spatial path's and fusion module's BN learn in every mode
 
 
-def test_param_labels_deeplab_freezes_bn_and_marks_classifiers_as_head():
-  config = model_config('deeplabv2', multi_level=True)
+@pytest.mark.parametrize('mode', [None, 'train', 'batch', 'frozen'])
+def test_param_labels_deeplab_bn_by_mode_and_classifiers_as_head(mode):
+  config = model_config('deeplabv2', multi_level=True, bn_mode=mode)
   params = models.init_shapes(models.get_model(config), (1, 64, 64, 3), train=False)['params']
   labels = models.param_labels(config, params)
+  bn_label = 'backbone' if mode == 'train' else 'frozen'  # None = 'batch', DeepLab-v2's default
   assert jax.tree_util.tree_structure(labels) == jax.tree_util.tree_structure(params)
-  assert labels['backbone']['bn1'] == {'scale': 'frozen', 'bias': 'frozen'}
+  assert labels['backbone']['bn1'] == {'scale': bn_label, 'bias': bn_label}
   assert labels['backbone']['layer3']['5']['conv2']['kernel'] == 'backbone'
   assert labels['backbone']['layer1']['0']['downsample'] == {'0': {'kernel': 'backbone'},
-                                                             '1': {'scale': 'frozen', 'bias': 'frozen'}}
+                                                             '1': {'scale': bn_label, 'bias': bn_label}}
   for head in ('classifier', 'classifier_aux'):
     assert set(jax.tree_util.tree_leaves(labels[head])) == {'head'}
   flat = jax.tree_util.tree_leaves(labels)
-  assert flat.count('frozen') == 2 * sum(1 for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-                                         if p[-1].key == 'scale')
+  num_bn = sum(1 for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if p[-1].key == 'scale')
+  assert flat.count('frozen') == (0 if mode == 'train' else 2 * num_bn)
 
 
 # ---- registry ---------------------------------------------------------------------------------------------------
@@ -204,8 +339,13 @@ def test_unknown_names_raise_with_choices():
 
 def test_register_model_adds_a_name(monkeypatch):
   monkeypatch.setitem(models.MODELS, 'tiny', models.ModelSpec(
-      build=lambda c: ResNet(18), param_labels=lambda p: p, backbone_path=()))
+      build=lambda c: ResNet(18), param_labels=lambda p: jax.tree.map(lambda _: 'head', p), backbone_path=()))
   assert isinstance(models.get_model(model_config('tiny')), ResNet)
+  # A model without BatchNorm modes: param_labels(params), and model.bn_mode must stay None.
+  assert models.bn_mode(model_config('tiny')) is None
+  assert models.param_labels(model_config('tiny'), {'w': 1}) == {'w': 'head'}
+  with pytest.raises(ValueError, match="bn_mode='batch'.*'tiny' has no BatchNorm modes"):
+    models.param_labels(model_config('tiny', bn_mode='batch'), {'w': 1})
 
 
 # ---- discriminators ---------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Every segmentation model is a `flax.linen.Module` with `__call__(images, train) 
 images float32 [B, H, W, 3] in 0..255 RGB (normalised inside); 'logits' float32 [B, H, W, K]; 'aux' a tuple of
 float32 [B, H, W, K] auxiliary logits; 'features' the last backbone feature map [B, h, w, C] float32.
 Parameters are float32; computation runs in `model_config.dtype`; BatchNorm statistics live in 'batch_stats'.
+`model_config.bn_mode` (None = the model's default: BiSeNet 'train', DeepLab-v2 'batch'; see `norm.BN_MODES`) sets
+which statistics BatchNorm uses in training and, through `param_labels`, whether its affine is frozen;
+`model_config.align_corners` the bilinear upsampling of the logits to the input size.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rtda_jax.models import bisenet, deeplabv2, discriminator
+from rtda_jax.models import bisenet, deeplabv2, discriminator, norm
 from rtda_jax.models.bisenet import BiSeNet
 from rtda_jax.models.deeplabv2 import DeepLabV2
 from rtda_jax.models.discriminator import FCDiscriminator
@@ -37,20 +40,33 @@ def get_dtype(dtype: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """How to build a model, label its parameters, and where its ImageNet-initialised backbone lives."""
+  """How to build a model, label its parameters, and where its ImageNet-initialised backbone lives.
+
+  A model with BatchNorm modes sets `default_bn_mode` (what `model.bn_mode=None` means); its `param_labels` is then
+  called as `param_labels(params, bn_mode)` with the resolved mode, otherwise as `param_labels(params)`.
+  """
   build: Callable[[ml_collections.ConfigDict], nn.Module]
-  param_labels: Callable[[Any], Any]
+  param_labels: Callable[..., Any]
   backbone_path: tuple[str, ...]  # path of the ResNet inside params / batch_stats, for pretrained.py
+  default_bn_mode: str | None = None  # None: the model has no BatchNorm modes (model.bn_mode must stay None)
+
+
+def _bn_mode(model_config: ml_collections.ConfigDict, default: str) -> str:
+  """`model_config.bn_mode`, or `default` when it is None or absent; checked against norm.BN_MODES."""
+  mode = model_config.get('bn_mode')
+  return norm.check_bn_mode(default if mode is None else mode)
 
 
 MODELS: dict[str, ModelSpec] = {
     'bisenet': ModelSpec(
-        build=lambda c: BiSeNet(num_classes=c.num_classes, dtype=get_dtype(c.dtype)),
-        param_labels=bisenet.param_labels, backbone_path=('context_path',)),
+        build=lambda c: BiSeNet(num_classes=c.num_classes, bn_mode=_bn_mode(c, BiSeNet.bn_mode),
+                                align_corners=bool(c.get('align_corners', False)), dtype=get_dtype(c.dtype)),
+        param_labels=bisenet.param_labels, backbone_path=('context_path',), default_bn_mode=BiSeNet.bn_mode),
     'deeplabv2': ModelSpec(
         build=lambda c: DeepLabV2(num_classes=c.num_classes, multi_level=bool(c.get('multi_level', False)),
-                                  dtype=get_dtype(c.dtype)),
-        param_labels=deeplabv2.param_labels, backbone_path=('backbone',)),
+                                  bn_mode=_bn_mode(c, DeepLabV2.bn_mode),
+                                  align_corners=bool(c.get('align_corners', False)), dtype=get_dtype(c.dtype)),
+        param_labels=deeplabv2.param_labels, backbone_path=('backbone',), default_bn_mode=DeepLabV2.bn_mode),
 }
 
 
@@ -70,9 +86,24 @@ def get_model(model_config: ml_collections.ConfigDict) -> nn.Module:
   return get_model_spec(model_config.name).build(model_config)
 
 
+def bn_mode(model_config: ml_collections.ConfigDict) -> str | None:
+  """The BatchNorm mode the model of `model_config` runs in (`model.bn_mode`, None = its default); None for a model
+  without BatchNorm modes."""
+  spec = get_model_spec(model_config.name)
+  if spec.default_bn_mode is None:
+    if model_config.get('bn_mode') is not None:
+      raise ValueError(f'config.model.bn_mode={model_config.bn_mode!r}: model {model_config.name!r} has no '
+                       'BatchNorm modes; leave it None.')
+    return None
+  return _bn_mode(model_config, spec.default_bn_mode)
+
+
 def param_labels(model_config: ml_collections.ConfigDict, params: Any) -> Any:
-  """A pytree like `params` of 'head' | 'backbone' | 'frozen', for per-group learning rates and freezing."""
-  return get_model_spec(model_config.name).param_labels(params)
+  """A pytree like `params` of 'head' | 'backbone' | 'frozen', for per-group learning rates and freezing (the
+  BatchNorm affine is 'frozen' in the 'batch' and 'frozen' BN modes)."""
+  spec = get_model_spec(model_config.name)
+  mode = bn_mode(model_config)
+  return spec.param_labels(params) if mode is None else spec.param_labels(params, mode)
 
 
 def get_discriminator(name: str, num_classes_or_channels: int, dtype: Any = 'float32',
@@ -129,7 +160,8 @@ def print_parameter_counts(num_classes: int = 19) -> None:
 
 
 __all__ = [
-    'BiSeNet', 'DeepLabV2', 'FCDiscriminator', 'MODELS', 'ModelSpec', 'ResNet', 'count_params', 'get_discriminator',
+    'BiSeNet', 'DeepLabV2', 'FCDiscriminator', 'MODELS', 'ModelSpec', 'ResNet', 'bn_mode', 'count_params',
+    'get_discriminator',
     'get_dtype', 'get_model', 'get_model_spec', 'init_shapes', 'load_pretrained', 'param_labels',
     'parameter_counts', 'print_parameter_counts', 'register_model',
 ]

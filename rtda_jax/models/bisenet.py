@@ -2,8 +2,15 @@
 
 Submodule names follow that code (`attention_refinement_module1`, `feature_fusion_module`, `supervision1`, ...)
 except its `saptial_path` typo. As in its forward pass, the attention refinement modules apply no BatchNorm
-(pool -> 1x1 conv -> sigmoid). Upsampling is bilinear with half pixel centres (`jax.image.resize`, PyTorch's
-align_corners=False); no transposed convolutions.
+(pool -> 1x1 conv -> sigmoid). Upsampling is bilinear, no transposed convolutions: with half pixel centres
+(PyTorch's align_corners=False, as that code) inside the network; the upsamplings to the input size (main output
+and auxiliary heads) follow `align_corners` (default False; True maps the corner pixels onto each other).
+
+BatchNorm: `norm.BatchNorm` (PyTorch's arithmetic) everywhere. `bn_mode` (`norm.BN_MODES`, default 'train') applies
+to the ResNet context path, the part that starts from ImageNet weights: 'batch' freezes its BN scale/bias
+(`param_labels`), 'frozen' also normalises it with its running statistics in training. The spatial path and the
+fusion module, trained from scratch, always use ordinary BN. Under the data-parallel mesh the batch statistics are
+over the global batch of all devices (synchronised BN).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtda_jax.models.norm import affine_frozen, check_bn_mode
 from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet, batch_norm
 
@@ -45,7 +53,7 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     x = _conv(self.features, self.kernel, self.stride, self.padding, self.dtype, 'conv1')(x)
-    return nn.relu(batch_norm(train, False, self.dtype, name='bn')(x))
+    return nn.relu(batch_norm(train, 'train', self.dtype, name='bn')(x))
 
 
 class SpatialPath(nn.Module):
@@ -93,6 +101,8 @@ class BiSeNet(nn.Module):
   """
   num_classes: int = 19
   backbone_depth: int = 18
+  bn_mode: str = 'train'  # norm.BN_MODES, of the context path
+  align_corners: bool = False  # of the bilinear upsamplings to the input size
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -103,7 +113,8 @@ class BiSeNet(nn.Module):
     x = imagenet_normalize(images).astype(self.dtype)
 
     spatial = SpatialPath(self.dtype, name='spatial_path')(x, train)  # [B, H/8, W/8, 256]
-    feats = ResNet(self.backbone_depth, dtype=self.dtype, name='context_path')(x, train)
+    feats = ResNet(self.backbone_depth, bn_mode=check_bn_mode(self.bn_mode), dtype=self.dtype,
+                   name='context_path')(x, train)
     cx1 = AttentionRefinementModule(self.dtype, name='attention_refinement_module1')(feats['layer3'])  # 1/16
     tail = jnp.mean(feats['layer4'], axis=(1, 2), keepdims=True)  # [B, 1, 1, 512]
     cx2 = AttentionRefinementModule(self.dtype, name='attention_refinement_module2')(feats['layer4']) * tail
@@ -113,19 +124,25 @@ class BiSeNet(nn.Module):
     context = jnp.concatenate([cx1, cx2], axis=-1)
 
     fused = FeatureFusionModule(self.num_classes, self.dtype, name='feature_fusion_module')(spatial, context, train)
-    fused = resize_bilinear(fused, (height, width))  # [B, H, W, K]
+    fused = resize_bilinear(fused, (height, width), self.align_corners)  # [B, H, W, K]
     logits = _conv(self.num_classes, 1, 1, 0, self.dtype, 'conv')(fused).astype(jnp.float32)
 
     aux: tuple[jnp.ndarray, ...] = ()
     if train or self.is_initializing():  # the heads' parameters exist in every mode
       aux = tuple(
           resize_bilinear(_conv(self.num_classes, 1, 1, 0, self.dtype, f'supervision{i}')(c),
-                          (height, width)).astype(jnp.float32)
+                          (height, width), self.align_corners).astype(jnp.float32)
           for i, c in ((1, cx1), (2, cx2)))
     return {'logits': logits, 'aux': aux if train else (), 'features': feats['layer4'].astype(jnp.float32)}
 
 
-def param_labels(params: Any) -> Any:
-  """'backbone' for the ResNet context path, 'head' for everything else."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: 'backbone' if path[0].key == 'context_path' else 'head', params)
+def param_labels(params: Any, bn_mode: str = 'train') -> Any:
+  """'backbone' for the ResNet context path, 'head' for everything else; in 'batch' / 'frozen' mode the context
+  path's BN scale/bias are 'frozen'."""
+  frozen_bn = affine_frozen(bn_mode)
+
+  def label(path: tuple[Any, ...], _: Any) -> str:
+    if path[0].key != 'context_path':
+      return 'head'
+    return 'frozen' if frozen_bn and path[-1].key != 'kernel' else 'backbone'  # ResNet convs have no bias
+  return jax.tree_util.tree_map_with_path(label, params)

@@ -1,9 +1,16 @@
-"""DeepLab-v2 (ResNet-101, output stride 8, frozen BN, ASPP classifier) as used by AdaptSegNet / FDA / DACS.
+"""DeepLab-v2 (ResNet-101, output stride 8, ASPP classifier) as used by AdaptSegNet / FDA / DACS.
 
 The backbone is the caffe-style ResNet of those repositories and of their ImageNet/COCO init file
 (`DeepLab_resnet_pretrained_init-f81d91e8.pth`): stride on the first 1x1 conv of a bottleneck, ceil-mode max
 pool, layer3 dilation 2 and layer4 dilation 4 in every block. The classifier sums all four dilated 3x3 convs
-(FDA's fix of AdaptSegNet's early `return`). Logits are upsampled bilinearly with half pixel centres.
+(FDA's fix of AdaptSegNet's early `return`). Logits are upsampled bilinearly to the input size, with half pixel
+centres (`align_corners=False`, default) or, as those repositories, `align_corners=True`.
+
+BatchNorm (`bn_mode`, `norm.BN_MODES`): by default 'batch', what those repositories do (`requires_grad=False` on BN's
+scale and bias, then `model.train()`): every training forward pass normalises with its batch's statistics, the
+running statistics keep updating and serve at evaluation, the affine never moves (`param_labels` marks it 'frozen').
+'frozen' uses the running statistics in training too (affine frozen); 'train' is ordinary BN (affine learned).
+Under the data-parallel mesh the batch statistics are over the global batch of all devices (synchronised BN).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtda_jax.models.norm import affine_frozen, check_bn_mode
 from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet
 
@@ -51,32 +59,37 @@ class DeepLabV2(nn.Module):
   """DeepLab-v2. images [B, H, W, 3] 0..255 RGB.
 
   Returns {'logits': [B, H, W, K] float32, 'aux': (layer3 classifier logits [B, H, W, K],) if multi_level
-  else (), 'features': [B, ~H/8, ~W/8, 2048] float32 (layer4)}. BN always uses its running averages.
+  else (), 'features': [B, ~H/8, ~W/8, 2048] float32 (layer4)}. BN as `bn_mode` says (module docstring).
   """
   num_classes: int = 19
   multi_level: bool = False
   backbone_depth: int = 101
+  bn_mode: str = 'batch'  # norm.BN_MODES
+  align_corners: bool = False  # of the bilinear upsampling of the logits to the input size
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool) -> dict[str, Any]:
     height, width = images.shape[1:3]
     x = caffe_normalize(images).astype(self.dtype)
-    feats = ResNet(self.backbone_depth, output_stride=8, caffe_style=True, frozen_bn=True, dtype=self.dtype,
-                   name='backbone')(x, train)
+    feats = ResNet(self.backbone_depth, output_stride=8, caffe_style=True, bn_mode=check_bn_mode(self.bn_mode),
+                   dtype=self.dtype, name='backbone')(x, train)
     logits = ASPPClassifier(self.num_classes, dtype=self.dtype, name='classifier')(feats['layer4'])
-    logits = resize_bilinear(logits.astype(jnp.float32), (height, width))  # [B, H, W, K]
+    logits = resize_bilinear(logits.astype(jnp.float32), (height, width), self.align_corners)  # [B, H, W, K]
     aux: tuple[jnp.ndarray, ...] = ()
     if self.multi_level:
       aux_logits = ASPPClassifier(self.num_classes, dtype=self.dtype, name='classifier_aux')(feats['layer3'])
-      aux = (resize_bilinear(aux_logits.astype(jnp.float32), (height, width)),)
+      aux = (resize_bilinear(aux_logits.astype(jnp.float32), (height, width), self.align_corners),)
     return {'logits': logits, 'aux': aux, 'features': feats['layer4'].astype(jnp.float32)}
 
 
-def param_labels(params: Any) -> Any:
-  """'head' for the classifiers (10x lr), 'frozen' for the backbone's BN scale/bias, 'backbone' for its convs."""
+def param_labels(params: Any, bn_mode: str = 'batch') -> Any:
+  """'head' for the classifiers (10x lr), 'backbone' for the backbone's convs, and for its BN scale/bias 'frozen'
+  in 'batch' / 'frozen' mode, 'backbone' in 'train' mode."""
+  bn_label = 'frozen' if affine_frozen(bn_mode) else 'backbone'
+
   def label(path: tuple[Any, ...], _: Any) -> str:
     if path[0].key != 'backbone':
       return 'head'
-    return 'backbone' if path[-1].key == 'kernel' else 'frozen'  # backbone convs have no bias
+    return 'backbone' if path[-1].key == 'kernel' else bn_label  # backbone convs have no bias
   return jax.tree_util.tree_map_with_path(label, params)

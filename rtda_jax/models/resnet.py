@@ -20,6 +20,8 @@ from typing import Any, Callable, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rtda_jax.models.norm import BatchNorm, uses_running_average
+
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', nonlinearity='relu').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -42,11 +44,12 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, dilation
                  param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
 
 
-def batch_norm(train: bool, frozen: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
-  """PyTorch BatchNorm2d semantics (momentum 0.1 == Flax 0.9, eps 1e-5); frozen = always running averages."""
-  return nn.BatchNorm(use_running_average=frozen or not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      use_fast_variance=False,
-                      param_dtype=jnp.float32, name=name)
+def batch_norm(train: bool, bn_mode: str, dtype: Any,
+               name: str | None = None) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """PyTorch BatchNorm2d (`norm.BatchNorm`) called with the running averages in eval, and in training in 'frozen'
+  mode (see `norm.BN_MODES`): x [B, H, W, C] -> [B, H, W, C] in `dtype`."""
+  return functools.partial(BatchNorm(dtype=dtype, name=name),
+                           use_running_average=uses_running_average(train, bn_mode))
 
 
 def max_pool_3x3_s2(x: jnp.ndarray, ceil_mode: bool = False) -> jnp.ndarray:
@@ -67,13 +70,13 @@ class Downsample(nn.Module):
   """The shortcut projection: 1x1 conv ('0') + BN ('1'), as torchvision's `downsample` Sequential."""
   features: int
   stride: int
-  frozen_bn: bool = False
+  bn_mode: str = 'train'  # norm.BN_MODES
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     x = conv(self.features, 1, self.stride, dtype=self.dtype, name='0')(x)
-    return batch_norm(train, self.frozen_bn, self.dtype, name='1')(x)
+    return batch_norm(train, self.bn_mode, self.dtype, name='1')(x)
 
 
 class BasicBlock(nn.Module):
@@ -83,20 +86,20 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   downsample: bool = False
   caffe_style: bool = False  # no effect on basic blocks; kept for a uniform block interface
-  frozen_bn: bool = False
+  bn_mode: str = 'train'  # norm.BN_MODES
   dtype: Any = jnp.float32
   expansion: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    bn = functools.partial(batch_norm, train, self.frozen_bn, self.dtype)
+    bn = functools.partial(batch_norm, train, self.bn_mode, self.dtype)
     d = self.dilation
     out = conv(self.planes, 3, self.stride, d, d, dtype=self.dtype, name='conv1')(x)
     out = nn.relu(bn(name='bn1')(out))
     out = conv(self.planes, 3, 1, d, d, dtype=self.dtype, name='conv2')(out)
     out = bn(name='bn2')(out)
     if self.downsample:
-      x = Downsample(self.planes, self.stride, self.frozen_bn, self.dtype, name='downsample')(x, train)
+      x = Downsample(self.planes, self.stride, self.bn_mode, self.dtype, name='downsample')(x, train)
     return nn.relu(out + x)
 
 
@@ -107,13 +110,13 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   downsample: bool = False
   caffe_style: bool = False
-  frozen_bn: bool = False
+  bn_mode: str = 'train'  # norm.BN_MODES
   dtype: Any = jnp.float32
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    bn = functools.partial(batch_norm, train, self.frozen_bn, self.dtype)
+    bn = functools.partial(batch_norm, train, self.bn_mode, self.dtype)
     s1, s2 = (self.stride, 1) if self.caffe_style else (1, self.stride)
     d = self.dilation
     out = conv(self.planes, 1, s1, dtype=self.dtype, name='conv1')(x)
@@ -123,7 +126,7 @@ class Bottleneck(nn.Module):
     out = conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
     out = bn(name='bn3')(out)
     if self.downsample:
-      x = Downsample(self.planes * 4, self.stride, self.frozen_bn, self.dtype, name='downsample')(x, train)
+      x = Downsample(self.planes * 4, self.stride, self.bn_mode, self.dtype, name='downsample')(x, train)
     return nn.relu(out + x)
 
 
@@ -136,7 +139,7 @@ class ResLayer(nn.Module):
   first_dilation: int
   dilation: int
   caffe_style: bool = False
-  frozen_bn: bool = False
+  bn_mode: str = 'train'  # norm.BN_MODES
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -150,7 +153,7 @@ class ResLayer(nn.Module):
           stride=self.stride if first else 1,
           dilation=self.first_dilation if first else self.dilation,
           downsample=first and (self.stride != 1 or x.shape[-1] != out_channels),
-          caffe_style=self.caffe_style, frozen_bn=self.frozen_bn, dtype=self.dtype, name=str(i))(x, train)
+          caffe_style=self.caffe_style, bn_mode=self.bn_mode, dtype=self.dtype, name=str(i))(x, train)
     return x
 
 
@@ -160,11 +163,13 @@ class ResNet(nn.Module):
   Input: normalised images [B, H, W, 3] (the caller normalises). Output: dict 'layer1'..'layer4' of features
   [B, H/4, W/4, 64e], [B, H/8, W/8, 128e], [B, H/16, W/16, 256e], [B, H/32, W/32, 512e] (e = 1 basic, 4 bottleneck)
   at output_stride 32; with output_stride 8 layer3 and layer4 stay at 1/8 (dilations 2 and 4).
+  `bn_mode` ('train', 'batch' or 'frozen', see `norm.BN_MODES`) decides which statistics every BatchNorm uses in
+  training ('frozen': the running ones); freezing the affine is the optimiser's job (the models' `param_labels`).
   """
   depth: int = 18
   output_stride: int = 32  # 32, 16 or 8
   caffe_style: bool = False
-  frozen_bn: bool = False
+  bn_mode: str = 'train'  # norm.BN_MODES
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -176,7 +181,7 @@ class ResNet(nn.Module):
     block, num_blocks = RESNET_DEPTHS[self.depth]
     x = x.astype(self.dtype)
     x = conv(64, 7, 2, 3, dtype=self.dtype, name='conv1')(x)  # [B, H/2, W/2, 64]
-    x = nn.relu(batch_norm(train, self.frozen_bn, self.dtype, name='bn1')(x))
+    x = nn.relu(batch_norm(train, self.bn_mode, self.dtype, name='bn1')(x))
     x = max_pool_3x3_s2(x, ceil_mode=self.caffe_style)  # [B, H/4, W/4, 64]
 
     features = {}
@@ -188,7 +193,7 @@ class ResNet(nn.Module):
         dilation *= 2
         stride = 1
       first_dilation = dilation if self.caffe_style else previous_dilation
-      x = ResLayer(block, planes, blocks, stride, first_dilation, dilation, self.caffe_style, self.frozen_bn,
+      x = ResLayer(block, planes, blocks, stride, first_dilation, dilation, self.caffe_style, self.bn_mode,
                    self.dtype, name=f'layer{stage}')(x, train)
       features[f'layer{stage}'] = x
     return features
