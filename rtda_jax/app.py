@@ -32,8 +32,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, mode: str
   enable_compilation_cache(config)
   logging.info('mode=%s workdir=%s config=%s', mode, workdir, config.name)
   if mode == 'prepare':
+    from rtda_jax import evaluate  # the protocol only: no model code is imported
     from rtda_jax.data import builders
-    return builders.prepare(config.data)
+    return builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))
   if mode == 'train':
     from rtda_jax import trainer
     return trainer.train_and_evaluate(config, workdir)

@@ -334,3 +334,83 @@ def test_real_and_generated_data_never_mix(tmp_path, monkeypatch):
   a = builders.prepare(generated)['gta5'].data_dir
   b = builders.prepare(real)['gta5'].data_dir
   assert os.fspath(a) != os.fspath(b) and os.path.basename(gta) in os.fspath(b)
+
+
+# ---- builds at the raw resolution (evaluation protocols that score there) -------------------------------------------
+
+
+def _no_work(monkeypatch):
+  def no_work(*args, **kwargs):
+    raise AssertionError('an up-to-date build must not convert or check images')
+  monkeypatch.setattr(builders, 'convert_example', no_work)
+  monkeypatch.setattr(builders, 'check_example', no_work)
+
+
+def test_build_raw_keeps_the_raw_resolution_of_the_requested_split_only(tmp_path):
+  raw = write_cityscapes(str(tmp_path / 'cs'), 2)
+  cfg = data_config(str(tmp_path / 'data'), None, raw)  # stored at STORED, raw files at HW
+  b = builders.build_raw('cityscapes', raw, builders.data_dir_for(cfg, 'cityscapes'), ['val'])
+  assert b.size == HW and list(b.info.splits) == ['val']
+  loaded = builders.load_raw_builder(cfg, 'cityscapes', 'val')
+  assert loaded.size == HW and os.fspath(loaded.data_dir) == os.fspath(b.data_dir)
+  val = loaded.as_data_source('val')
+  for i in range(len(val)):
+    name = val[i]['name'].decode()
+    lab = np.asarray(Image.open(os.path.join(raw, name.replace('leftImg8bit', 'gtFine', 1)
+                                             .replace('_leftImg8bit.png', '_gtFine_labelIds.png'))))
+    np.testing.assert_array_equal(decode(val[i]['image']), np.asarray(Image.open(os.path.join(raw, name))))
+    np.testing.assert_array_equal(decode(val[i]['label']), independent_train_ids(lab))
+  with pytest.raises(builders.DatasetError, match='train split is not built at its raw resolution.*--mode=prepare'):
+    builders.load_raw_builder(cfg, 'cityscapes', 'train')
+
+
+def test_prepare_builds_raw_splits_once_and_shares_a_build_of_that_size(tmp_path, monkeypatch):
+  gta = write_gta5(str(tmp_path / 'raw' / 'gta'), 2)
+  cs = write_cityscapes(str(tmp_path / 'raw' / 'cs'), 1)
+  _fake_synthetic(monkeypatch, gta, cs)
+  cfg = data_config(str(tmp_path / 'data'), None, None)
+  assert 'cityscapes_raw' not in builders.prepare(cfg)
+  built = builders.prepare(cfg, raw_splits=('val',))
+  assert built['cityscapes'].size == STORED and built['cityscapes_raw'].size == HW
+  assert list(built['cityscapes_raw'].info.splits) == ['val']
+  with monkeypatch.context() as m:
+    _no_work(m)
+    assert builders.prepare(cfg, raw_splits=('val',))['cityscapes_raw'].size == HW
+  # Stored at the raw size, the stored build (every split) is the raw one: no second build.
+  same = data_config(str(tmp_path / 'data'), None, None, size=HW)
+  built = builders.prepare(same, raw_splits=('val',))
+  assert os.fspath(built['cityscapes_raw'].data_dir) == os.fspath(built['cityscapes'].data_dir)
+  assert sorted(built['cityscapes'].info.splits) == ['train', 'val']
+
+
+def test_a_build_that_lacks_a_split_is_rebuilt_with_it(tmp_path, monkeypatch):
+  raw = write_cityscapes(str(tmp_path / 'cs'), 1)
+  out = str(tmp_path / 'tfds')
+  assert list(builders.build('cityscapes', raw, out, STORED, splits=['val']).info.splits) == ['val']
+  assert sorted(builders.build('cityscapes', raw, out, STORED).info.splits) == ['train', 'val']
+  with monkeypatch.context() as m:
+    _no_work(m)  # a build with every split serves a request for one
+    assert sorted(builders.build('cityscapes', raw, out, STORED, splits=['val']).info.splits) == ['train', 'val']
+  with pytest.raises(builders.DatasetError, match="no split 'test'"):
+    builders.build('cityscapes', raw, out, STORED, splits=['test'])
+
+
+def test_raw_size_needs_one_size_per_split(tmp_path):
+  raw = write_cityscapes(str(tmp_path / 'cs'), 1)
+  assert builders.raw_size('cityscapes', raw, 'val') == HW
+  stem = os.path.join('val', 'bonn', 'bonn_000000_000019')
+  for path in (os.path.join(raw, 'leftImg8bit', stem + '_leftImg8bit.png'),
+               os.path.join(raw, 'gtFine', stem + '_gtFine_labelIds.png')):
+    Image.open(path).resize((HW[1] // 2, HW[0])).save(path)
+  with pytest.raises(builders.DatasetError, match=r'aachen_000000.*64x32.*bonn_000000.*32x32'):
+    builders.raw_size('cityscapes', raw, 'val')
+
+
+def test_a_raw_build_outlives_its_raw_folder(tmp_path):
+  raw = write_cityscapes(str(tmp_path / 'cs'), 1)
+  out = str(tmp_path / 'tfds')
+  builders.build_raw('cityscapes', raw, out, ['val'])
+  os.rename(raw, raw + '_moved')
+  assert builders.build_raw('cityscapes', raw, out, ['val']).size == HW  # the recorded size; warns, reuses
+  with pytest.raises(builders.DatasetError, match='does not exist'):  # no recorded size for train
+    builders.build_raw('cityscapes', raw, out, ['val', 'train'])

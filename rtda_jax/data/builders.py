@@ -9,6 +9,11 @@ Built datasets live in `<data.root>/tfds/<source key>/<gta5|cityscapes>/<H>x<W>/
 'synthetic' for the embedded benchmark and `<folder name>-<hash of its absolute path>` for a real folder, so the two
 never mix. A `source.json` beside the shards records a fingerprint of the raw files; `prepare` rebuilds when it
 changes (e.g. the benchmark was regenerated with other settings) and reuses the build otherwise.
+
+An evaluation protocol that scores at the raw label resolution (evaluate.py) also needs a split at the size of its
+raw files: `prepare(..., raw_splits=('val',))` builds those splits of the target domain at that size (1024x2048 for
+real Cityscapes) with the same builders, only those splits, and records the size beside the builds
+(`<domain>-raw-size.json`) for `load_raw_builder`. When the stored size is the raw size both are one build.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ SHARD_BYTES = 256 << 20  # TFDS holds a whole shard in memory while writing it: 
 PNG_COMPRESS_LEVEL = 1  # fast to write; decoding speed does not depend on it
 LABEL_MODES = ('P', 'L', 'I', 'I;16')  # 8/16/32-bit label ids; 'P' palette indices are the ids
 SOURCE_FILE = 'source.json'
+RAW_SIZE_FILE = '{domain}-raw-size.json'  # beside the builds: {split: [H, W]} of the raw-resolution builds
 NUM_THREADS = min(16, os.cpu_count() or 1)  # Pillow releases the GIL: threads convert images in parallel
 _CS_IMAGE_SUFFIX = '_leftImg8bit.png'
 _CS_LABEL_SUFFIX = '_gtFine_labelIds.png'
@@ -164,14 +170,46 @@ def check_example(ex: Example) -> None:
   _check_pair(ex, image_size, label_size, label_mode)
 
 
-def validate(domain: str, raw_dir: str, num_threads: int | None = None) -> dict[str, list[Example]]:
-  """find_examples + check_example on every pair (in parallel), before anything is written."""
-  splits = find_examples(domain, raw_dir)
+def validate(domain: str, raw_dir: str, num_threads: int | None = None,
+             splits: Sequence[str] | None = None) -> dict[str, list[Example]]:
+  """find_examples + check_example on every pair (in parallel) of `splits` (default all), before anything is
+  written."""
+  found = find_examples(domain, raw_dir)
+  splits = {s: found[s] for s in _select_splits(domain, raw_dir, found, splits)}
   every = [ex for exs in splits.values() for ex in exs]
   with concurrent.futures.ThreadPoolExecutor(num_threads or NUM_THREADS) as pool:
     for _ in tqdm.tqdm(pool.map(check_example, every), total=len(every), desc=f'check {domain}', leave=False):
       pass
   return splits
+
+
+def _select_splits(domain: str, raw_dir: str, found: Mapping[str, Sequence[Example]],
+                   splits: Sequence[str] | None) -> list[str]:
+  """The requested splits in the folder's order (all when None); DatasetError for a split the folder lacks."""
+  if splits is None:
+    return list(found)
+  for split in splits:
+    if split not in found:
+      raise DatasetError(f'The {domain} folder {raw_dir!r} has no split {split!r}; it has {sorted(found)}.')
+  return [s for s in found if s in splits]
+
+
+def raw_size(domain: str, raw_dir: str, split: str) -> tuple[int, int]:
+  """(H, W) of every image of `split` in a raw folder, from the PNG headers (no image is decoded); DatasetError
+  naming two files of different sizes, since a split evaluated at its raw resolution is batched whole."""
+  found = find_examples(domain, raw_dir)
+  _select_splits(domain, raw_dir, found, [split])
+  sizes: dict[tuple[int, int], str] = {}
+  for ex in found[split]:
+    (w, h), _ = _header(ex.image_path)
+    sizes.setdefault((h, w), ex.image_path)
+    if len(sizes) > 1:
+      (a, path_a), (b, path_b) = sizes.items()
+      raise DatasetError(
+          f'{path_a!r} is {a[1]}x{a[0]} but {path_b!r} is {b[1]}x{b[0]} (WxH): the {domain} {split} split can only '
+          'be used at its raw resolution (evaluation protocols that score at the raw label size) when every image '
+          'has one size. Resize the odd files, or evaluate at the stored size (eval.protocol=stored).')
+  return next(iter(sizes))
 
 
 def fingerprint(splits: Mapping[str, Sequence[Example]]) -> str:
@@ -398,32 +436,43 @@ def _file_lock(path: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build(domain: str, raw_dir: str, data_dir: str, size: Sequence[int],
-          num_threads: int | None = None) -> _SegmentationBuilder:
-  """Builds `domain` from `raw_dir` into `data_dir` at (H, W), or reuses an up-to-date build. Returns the builder."""
+def build(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_threads: int | None = None,
+          splits: Sequence[str] | None = None) -> _SegmentationBuilder:
+  """Builds `domain` from `raw_dir` into `data_dir` at (H, W), or reuses an up-to-date build. Returns the builder.
+
+  `splits` (default: every split of the folder) are the splits the build must hold; a build at that size that
+  holds them and whose raw files did not change is reused, else it is rebuilt with them (and the splits it had)."""
   with _file_lock(os.path.join(data_dir, f'.{domain}-{size_name(size)}.lock')):
-    return _build_locked(domain, raw_dir, data_dir, size, num_threads)
+    return _build_locked(domain, raw_dir, data_dir, size, num_threads, splits)
 
 
-def _build_locked(domain: str, raw_dir: str, data_dir: str, size: Sequence[int],
-                  num_threads: int | None) -> _SegmentationBuilder:
+def _build_locked(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_threads: int | None,
+                  splits: Sequence[str] | None) -> _SegmentationBuilder:
   builder = make_builder(domain, data_dir, size)
   recorded = _read_source(builder)
   if recorded is not None and not os.path.isdir(raw_dir):
+    missing = [s for s in splits or () if s not in builder.info.splits]
+    if missing:
+      raise DatasetError(f'Raw folder {raw_dir!r} is gone and the {domain} dataset built from it at '
+                         f'{os.fspath(builder.data_dir)!r} has no split {missing[0]!r}: restore the raw folder.')
     logging.warning('Raw folder %s is gone; using the dataset built from it at %s.', raw_dir, builder.data_dir)
     return builder
-  splits = find_examples(domain, raw_dir)
-  fp = fingerprint(splits)
-  if recorded is not None and recorded.get('fingerprint') == fp:
-    return builder  # up to date: no work
-  if recorded is not None or _is_prepared(builder):
+  found = find_examples(domain, raw_dir)
+  wanted = _select_splits(domain, raw_dir, found, splits)
+  had = list(recorded.get('splits', recorded.get('num_examples', ()))) if recorded is not None else []
+  if recorded is not None and recorded.get('fingerprint') == fingerprint({s: found[s] for s in had if s in found}):
+    if set(wanted) <= set(had):
+      return builder  # up to date: no work
+    logging.warning('%s lacks split(s) %s; rebuilding it with them.', builder.data_dir, sorted(set(wanted) - set(had)))
+  elif recorded is not None or _is_prepared(builder):
     logging.warning('Raw files of %s changed since %s was built; rebuilding.', raw_dir, builder.data_dir)
+  if recorded is not None or _is_prepared(builder):
     shutil.rmtree(os.fspath(builder.data_dir))
-  splits = validate(domain, raw_dir, num_threads)
-  builder = make_builder(domain, data_dir, size, raw_dir=raw_dir, examples=splits, num_threads=num_threads)
+  selected = validate(domain, raw_dir, num_threads, splits=[s for s in found if s in wanted or s in had])
+  builder = make_builder(domain, data_dir, size, raw_dir=raw_dir, examples=selected, num_threads=num_threads)
   builder.download_and_prepare(download_dir=os.path.join(data_dir, 'downloads'))
-  source = {'raw_dir': os.path.abspath(raw_dir), 'fingerprint': fp,
-            'num_examples': {s: len(e) for s, e in splits.items()}}
+  source = {'raw_dir': os.path.abspath(raw_dir), 'fingerprint': fingerprint(selected), 'splits': list(selected),
+            'num_examples': {s: len(e) for s, e in selected.items()}}
   with open(os.path.join(os.fspath(builder.data_dir), SOURCE_FILE), 'w') as f:
     json.dump(source, f, indent=2)
   return make_builder(domain, data_dir, size)  # a fresh reader that sees the written splits
@@ -435,9 +484,13 @@ def data_dir_for(data_config: ml_collections.ConfigDict, domain: str) -> str:
   return os.path.join(data_config.root, 'tfds', source_key(raw))
 
 
-def prepare(data_config: ml_collections.ConfigDict,
-            num_threads: int | None = None) -> dict[str, _SegmentationBuilder]:
-  """Generates the embedded benchmark if needed, then builds (or reuses) both datasets. Returns {name: builder}."""
+def prepare(data_config: ml_collections.ConfigDict, num_threads: int | None = None,
+            raw_splits: Sequence[str] = ()) -> dict[str, _SegmentationBuilder]:
+  """Generates the embedded benchmark if needed, then builds (or reuses) both datasets. Returns {name: builder}.
+
+  `raw_splits`: splits of the target domain (`data.target`) to build also at the raw resolution of their files,
+  for an evaluation that scores there (the caller says which; evaluate.raw_splits); returned as '<target>_raw'.
+  """
   from rtda_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   raw_dirs = dict(zip(DOMAINS, synthetic.ensure_benchmark(data_config)))
   out = {}
@@ -445,7 +498,47 @@ def prepare(data_config: ml_collections.ConfigDict,
     _, size = _configured(data_config, domain)
     out[domain] = build(domain, raw_dirs[domain], data_dir_for(data_config, domain), size, num_threads)
     logging.info('%s ready at %s: %s', domain, out[domain].data_dir, dict(out[domain].info.splits))
+  if raw_splits:
+    target = data_config.target
+    out[f'{target}_raw'] = build_raw(target, raw_dirs[target], data_dir_for(data_config, target), raw_splits,
+                                     num_threads)
   return out
+
+
+def _raw_size_path(data_dir: str, domain: str) -> str:
+  return os.path.join(data_dir, RAW_SIZE_FILE.format(domain=domain))
+
+
+def _read_raw_sizes(data_dir: str, domain: str) -> dict[str, tuple[int, int]]:
+  path = _raw_size_path(data_dir, domain)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return {split: tuple(int(s) for s in size) for split, size in json.load(f).items()}
+
+
+def build_raw(domain: str, raw_dir: str, data_dir: str, splits: Sequence[str],
+              num_threads: int | None = None) -> _SegmentationBuilder:
+  """Builds (or reuses) `splits` of `domain` at the size of their raw files (one size for all of them) and records
+  that size for `load_raw_builder`. A raw folder that is gone leaves the recorded size and build in use."""
+  recorded = _read_raw_sizes(data_dir, domain)
+  sizes = {}
+  for split in splits:
+    gone = not os.path.isdir(raw_dir) and split in recorded
+    sizes[split] = recorded[split] if gone else raw_size(domain, raw_dir, split)
+  if len(set(sizes.values())) > 1:
+    raise DatasetError(f'The {domain} splits {sorted(sizes)} of {raw_dir!r} have different raw sizes {sizes} (HxW); '
+                       'build them at their raw resolution one at a time.')
+  size = next(iter(sizes.values()))
+  builder = build(domain, raw_dir, data_dir, size, num_threads, splits=splits)
+  with _file_lock(os.path.join(data_dir, f'.{domain}-raw-size.lock')):
+    record = {**_read_raw_sizes(data_dir, domain), **sizes}
+    path = _raw_size_path(data_dir, domain)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      json.dump({s: list(v) for s, v in record.items()}, f, indent=2)
+    os.replace(tmp, path)
+  return builder
 
 
 def load_builder(data_config: ml_collections.ConfigDict, name: str) -> _SegmentationBuilder:
@@ -455,4 +548,17 @@ def load_builder(data_config: ml_collections.ConfigDict, name: str) -> _Segmenta
   if not _is_prepared(builder):
     raise DatasetError(f'Dataset {name!r} at {size_name(size)} is not built in {os.fspath(builder.data_dir)!r}. Run '
                        '`python main.py --config=<config> --mode=prepare` (or rtda_jax.data.builders.prepare) first.')
+  return builder
+
+
+def load_raw_builder(data_config: ml_collections.ConfigDict, name: str, split: str) -> _SegmentationBuilder:
+  """The build of dataset `name` that holds `split` at its raw resolution (`prepare(..., raw_splits=[split])`);
+  DatasetError if it was not built yet."""
+  data_dir = data_dir_for(data_config, name)
+  size = _read_raw_sizes(data_dir, name).get(split)
+  builder = None if size is None else make_builder(name, data_dir, size)
+  if builder is None or not _is_prepared(builder) or split not in builder.info.splits:
+    raise DatasetError(f'The {name} {split} split is not built at its raw resolution in {data_dir!r}. Run '
+                       '`python main.py --config=<config> --mode=prepare` with the same eval.protocol (or '
+                       f'rtda_jax.data.builders.prepare(data_config, raw_splits=[{split!r}])) first.')
   return builder
