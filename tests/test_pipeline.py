@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtda_jax.data import builders, pipeline
-from tests.test_builders import data_config, write_cityscapes, write_gta5
+from tests.test_builders import HW, data_config, independent_train_ids, write_cityscapes, write_gta5
 
 STORED = (16, 32)  # [H, W] stored
 SHAPE = (8, 16)  # [H, W] training shape
@@ -191,3 +193,51 @@ def test_eval_rejects_images_of_another_size():
             'label': builders.encode_png(np.zeros((8, 16), np.uint8)), 'name': b'odd.png'}
   with pytest.raises(builders.DatasetError, match='odd.png'):
     decode.map(record)
+
+
+@pytest.fixture(scope='module')
+def raw_cfg(cfg):
+  """The pipeline fixture with its Cityscapes val split also built at the raw resolution (HW)."""
+  builders.build_raw('cityscapes', cfg.cityscapes_dir, builders.data_dir_for(cfg, 'cityscapes'), ['val'])
+  return cfg
+
+
+def _raw_val(cfg):
+  """(RGB image, train ids) of each raw val file, in the stored order."""
+  source = builders.load_raw_builder(cfg, 'cityscapes', 'val').as_data_source('val')
+  out = []
+  for i in range(len(source)):
+    name = source[i]['name'].decode()
+    label = name.replace('leftImg8bit', 'gtFine', 1).replace('_leftImg8bit.png', '_gtFine_labelIds.png')
+    out.append((Image.open(os.path.join(cfg.cityscapes_dir, name)).convert('RGB'),
+                independent_train_ids(np.asarray(Image.open(os.path.join(cfg.cityscapes_dir, label))))))
+  return out
+
+
+def test_eval_reads_the_raw_build_with_the_image_resized(raw_cfg):
+  loader = pipeline.eval_loader(raw_cfg, 'cityscapes', 'val', 4, raw=True, image_size=SHAPE,
+                                image_resample='bicubic')
+  assert loader.size == loader.label_size == HW and loader.image_size == SHAPE
+  batches = list(loader)
+  images = np.concatenate([b['image'] for b in batches])
+  label_maps = np.concatenate([b['label'] for b in batches])
+  assert images.shape == (8, *SHAPE, 3) and label_maps.shape == (8, *HW)
+  for i, (image, train_ids) in enumerate(_raw_val(raw_cfg)):
+    np.testing.assert_array_equal(images[i], np.asarray(image.resize(SHAPE[::-1], Image.BICUBIC)))
+    np.testing.assert_array_equal(label_maps[i], train_ids)  # the raw labels, untouched
+  assert (images[6:] == 0).all() and (label_maps[6:] == 255).all()  # padding at the fed / scored sizes
+
+
+def test_eval_resizes_labels_by_nearest_neighbour(raw_cfg):
+  loader = pipeline.eval_loader(raw_cfg, 'cityscapes', 'val', 2, raw=True, image_size=SHAPE, label_size=SHAPE)
+  label_maps = np.concatenate([b['label'] for b in loader])
+  images = np.concatenate([b['image'] for b in loader])
+  for i, (image, train_ids) in enumerate(_raw_val(raw_cfg)):
+    # PIL's nearest samples input floor((i + 0.5) * 4) = 4 i + 2 for a factor of 4.
+    np.testing.assert_array_equal(label_maps[i], train_ids[2::4, 2::4])
+    np.testing.assert_array_equal(images[i], np.asarray(image.resize(SHAPE[::-1], Image.BILINEAR)))
+
+
+def test_eval_rejects_an_unknown_image_resize():
+  with pytest.raises(ValueError, match='lanczos'):
+    pipeline.DecodeEval((8, 8), 'cityscapes/val', (4, 4), None, 'lanczos')

@@ -3,8 +3,9 @@
 - `train_loader`: shuffled, repeated, fixed-shape batches for one JAX process; its iterator's state can be saved
   (`get_state`, a JSON-able dict) and restored (`set_state`; or with orbax through grain's own handler,
   `orbax_save_args` / `orbax_restore_args`), after which it yields exactly the batches it would have yielded.
-- `eval_loader`: every image once, in the stored order, at the stored resolution; the last batch is padded with zero
-  images, all-255 labels and `valid=False`, and every process gets the same number of batches.
+- `eval_loader`: every image once, in the stored order, at the stored resolution (or from the split built at its raw
+  resolution, the image and the label each resized to a size of the evaluation protocol's); the last batch is padded
+  with zero images, all-255 labels and `valid=False`, and every process gets the same number of batches.
 
 No TensorFlow: records come from the TFDS array_record data source and PNG bytes are decoded with Pillow.
 """
@@ -121,12 +122,14 @@ def _ensure_flags_parsed() -> None:
 
 def train_loader(data_config: ml_collections.ConfigDict, domain: str, split: str, global_batch_size: int,
                  seed: int, shape: Sequence[int], num_epochs: int | None = None,
-                 num_workers: int | None = None) -> grain.DataLoaderIterator:
+                 num_workers: int | None = None, rare_class_sampling: bool = False) -> grain.DataLoaderIterator:
   """Shuffled fixed-shape batches of this process's shard, forever when num_epochs is None.
 
   Yields {'image': uint8 [B, H, W, 3], 'label': uint8 [B, H, W]} with B = global_batch_size // process_count and
   (H, W) = shape; `data_config.resize_mode` picks whole-image resize or a random crop. `seed` in [0, 2**32) fixes the
   order and the crops; `num_workers` (default data_config.num_workers) worker processes decode, 0 = in-process.
+  `rare_class_sampling` (pass it for a labelled domain) draws the records by DAFormer's rare-class sampling
+  (rcs.RareClassSampler) instead of shuffled epochs when `data_config.rcs.enabled`; an epoch is then N draws.
   """
   batch = per_process_batch_size(global_batch_size)
   if data_config.resize_mode == 'resize':
@@ -138,8 +141,12 @@ def train_loader(data_config: ml_collections.ConfigDict, domain: str, split: str
   source = data_source(data_config, domain, split)
   _ensure_flags_parsed()
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
-                                        num_epochs=num_epochs, seed=int(seed))
+  from rtda_jax.data import rcs  # pylint: disable=g-import-not-at-top  (rcs reads splits through this module)
+  if rare_class_sampling and rcs.is_enabled(data_config):
+    sampler = rcs.train_sampler(data_config, domain, split, source, int(seed), shard, num_epochs)
+  else:
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
+                                          num_epochs=num_epochs, seed=int(seed))
   loader = grain.DataLoader(
       data_source=source, sampler=sampler, shard_options=shard,
       operations=[op, grain.transforms.Batch(batch_size=batch, drop_remainder=True)],
@@ -191,17 +198,30 @@ class _PaddedSource:
     return _PADDING if k < 0 else self._source[k]
 
 
-class DecodeEval(grain.transforms.Map):
-  """Decodes at the stored size (H, W); a padding record becomes a zero image, an all-255 label, valid=False."""
+EVAL_RESAMPLE = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}  # PIL filters for the eval image resize
 
-  def __init__(self, size: Sequence[int], where: str):
+
+def _size_or(size: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+  return default if size is None else tuple(int(s) for s in size)
+
+
+class DecodeEval(grain.transforms.Map):
+  """Decodes at the stored size (H, W), then resizes the image to `image_size` (PIL `resample`) and the label to
+  `label_size` (nearest), each where given; a padding record becomes a zero image, an all-255 label, valid=False."""
+
+  def __init__(self, size: Sequence[int], where: str, image_size: Sequence[int] | None = None,
+               label_size: Sequence[int] | None = None, resample: str = 'bilinear'):
+    if resample not in EVAL_RESAMPLE:
+      raise ValueError(f'Unknown evaluation image resize {resample!r}; choose one of {sorted(EVAL_RESAMPLE)}.')
     self.size, self.where = tuple(int(s) for s in size), where
+    self.image_size, self.label_size = _size_or(image_size, self.size), _size_or(label_size, self.size)
+    self.resample = resample
 
   def map(self, features: dict[str, Any]) -> dict[str, Any]:
     h, w = self.size
     if 'padding' in features:
-      return {'image': np.zeros((h, w, 3), np.uint8), 'label': np.full((h, w), labels.IGNORE, np.uint8),
-              'valid': np.bool_(False), 'name': ''}
+      return {'image': np.zeros((*self.image_size, 3), np.uint8),
+              'label': np.full(self.label_size, labels.IGNORE, np.uint8), 'valid': np.bool_(False), 'name': ''}
     image, label = decode_example(features)
     name = features['name'].decode() if isinstance(features['name'], bytes) else str(features['name'])
     if image.size != (w, h) or label.size != (w, h):
@@ -209,23 +229,35 @@ class DecodeEval(grain.transforms.Map):
           f'Example {name!r} of {self.where} is {image.size[0]}x{image.size[1]} (label {label.size[0]}x'
           f'{label.size[1]}) but the split is stored at {w}x{h} (WxH); evaluation needs one size. Rebuild the '
           'dataset (delete its folder and run --mode=prepare).')
+    if self.image_size != self.size:
+      image = image.resize(self.image_size[::-1], EVAL_RESAMPLE[self.resample])
+    if self.label_size != self.size:
+      label = label.resize(self.label_size[::-1], Image.NEAREST)
     return {'image': np.asarray(image), 'label': np.asarray(label), 'valid': np.bool_(True), 'name': name}
 
 
 class EvalLoader:
   """Iterable over this process's evaluation batches; iterate it again for another pass.
 
-  Each batch: image uint8 [B, H, W, 3], label uint8 [B, H, W], valid bool [B], name str [B] ('' for padding).
+  Each batch: image uint8 [B, h, w, 3], label uint8 [B, H, W], valid bool [B], name str [B] ('' for padding), with
+  (h, w) = `image_size` and (H, W) = `label_size` (default: the size the split is read at, `size`). `raw` reads the
+  split built at its raw resolution (builders.prepare(..., raw_splits=[split])) instead of the stored one.
   """
 
   def __init__(self, data_config: ml_collections.ConfigDict, domain: str, split: str, batch_size: int,
-               num_threads: int | None = None):
+               num_threads: int | None = None, *, raw: bool = False, image_size: Sequence[int] | None = None,
+               label_size: Sequence[int] | None = None, image_resample: str = 'bilinear'):
     import jax  # pylint: disable=g-import-not-at-top
     if batch_size <= 0:
       raise ValueError(f'Evaluation batch size must be positive, got {batch_size}.')
-    source = data_source(data_config, domain, split)
-    builder = builders.load_builder(data_config, domain)
-    self.size = builder.size  # (H, W) of every image of the split
+    if raw:
+      builder = builders.load_raw_builder(data_config, domain, split)
+      source = builder.as_data_source(split)
+    else:
+      source = data_source(data_config, domain, split)
+      builder = builders.load_builder(data_config, domain)
+    self.size = builder.size  # (H, W) of every image of the split as read
+    self.image_size, self.label_size = _size_or(image_size, self.size), _size_or(label_size, self.size)
     self.batch_size = batch_size
     self.num_examples = len(source)  # real examples over all processes
     count, index = jax.process_count(), jax.process_index()
@@ -237,7 +269,7 @@ class EvalLoader:
     threads = num_threads if num_threads is not None else max(1, int(data_config.num_workers))
     where = f'{domain}/{split} in {builder.data_dir}'
     self._dataset = (grain.MapDataset.source(_PaddedSource(source, block))
-                     .map(DecodeEval(self.size, where))
+                     .map(DecodeEval(self.size, where, self.image_size, self.label_size, image_resample))
                      .batch(batch_size)
                      .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
 
@@ -249,6 +281,9 @@ class EvalLoader:
 
 
 def eval_loader(data_config: ml_collections.ConfigDict, domain: str, split: str, batch_size: int,
-                num_threads: int | None = None) -> EvalLoader:
-  """Every image of `split` exactly once over all processes, in the stored order, padded to whole batches."""
-  return EvalLoader(data_config, domain, split, batch_size, num_threads)
+                num_threads: int | None = None, *, raw: bool = False, image_size: Sequence[int] | None = None,
+                label_size: Sequence[int] | None = None, image_resample: str = 'bilinear') -> EvalLoader:
+  """Every image of `split` exactly once over all processes, in the stored order, padded to whole batches (the
+  sizes as in EvalLoader)."""
+  return EvalLoader(data_config, domain, split, batch_size, num_threads, raw=raw, image_size=image_size,
+                    label_size=label_size, image_resample=image_resample)
