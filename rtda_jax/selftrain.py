@@ -2,19 +2,43 @@
 
 1. Ensemble: the last checkpoints of several runs (FDA with beta 0.01, 0.05, 0.09); their softmax probabilities are
    averaged. Evaluated on the target val split like `evaluate.evaluate` -> eval.json in the MBT workdir.
-2. Pseudo-labels of the target train split (FDA's getSudoLabel_multi.py): per class c, the threshold is the ensemble
-   confidence at rank round(0.66 n) of the n pixels predicted as c (sorted ascending), capped at 0.9; pixels below
-   their class's threshold are ignored. The thresholds come from per-class confidence histograms accumulated over the
-   split in a first pass (memory: classes x bins counts, not every prediction), the labels from a second pass.
+2. Pseudo-labels of the target train split, by the rule `mbt.rule`. Every rule takes per-class thresholds from
+   per-class histograms of the ensemble's confidence (max_c p_c) over the pixels predicted (argmax_c p_c) as each class,
+   accumulated over the split in a first pass (memory: classes x bins counts, not every prediction); the labels come
+   from a second pass with the thresholds.
+   - 'fda' (FDA's getSudoLabel_multi.py): threshold = the confidence at rank round(0.66 n) of the n pixels predicted as
+     the class (sorted ascending), capped at 0.9 (`mbt.percentile`, `mbt.max_threshold`); a pixel keeps its
+     prediction when its confidence reaches its class's threshold. It keeps the top third of every predicted class,
+     however unreliable the class: a class the ensemble confidently over-predicts keeps many wrong labels.
+   - 'cbst' (CBST, Zou et al., ECCV 2018, Algorithm 2 and `kc_parameters` / `label_selection` of the authors' code):
+     k_c = the confidence at 1-based position floor(n p) of the class's n confidences sorted descending (p =
+     `mbt.cbst_portion`, grown over rounds: 0.2, 0.4, ...), so the top portion p of each class reaches it; a class with
+     floor(n p) = 0 keeps CBST's initial k_c = 1. The label is CBST's class-normalised argmax, argmax_c p_c / k_c,
+     which can differ from the plain argmax, and the pixel is kept when max_c p_c / k_c >= 1. How it differs from
+     FDA's rule: the threshold comes from the top portion p of each class (0.2 in the first round, against FDA's
+     fixed 0.34) and grows with the rounds; the comparison is of probabilities of every class, not of the top one
+     only, so a pixel whose winning class is confident everywhere (a high k) goes to a runner-up class with a lower
+     k when it clears that one by a wider ratio (and is kept though outside its own class's top portion). Like FDA's
+     rule it keeps the same portion of every predicted class, so it does not by itself judge a class's reliability.
+     We cap k_c at `mbt.max_threshold` (0.9, as FDA's rule): the authors' code does not cap (k_c <= 1 by
+     construction), so `--config.mbt.max_threshold=1` is their rule exactly.
+   - 'agreement': FDA's thresholds and rule, and also every ensemble member's own argmax equals the ensemble's: a
+     class one member over-predicts with confidence is dropped where the other members predict something else.
+   The histogram gives each threshold to one bin (1 / `mbt.num_bins`): the lower edge of the bin holding the exact
+   value, so every rule keeps every pixel its exact version keeps, plus those within one bin below a threshold (and
+   CBST's label can differ where two classes' ratios p_c / k_c are within that bin's relative size).
 3. The labels are written as a raw Cityscapes-layout folder <data.root>/pseudo/<mbt.name>/ (label ids in
-   gtFine/train/<city>/*_gtFine_labelIds.png, images and the val split hard-linked from the target's raw folder), which
-   `--config.selftrain.pseudo_dir` then trains on like any Cityscapes folder.
+   gtFine/train/<city>/*_gtFine_labelIds.png, images and the val split hard-linked from the target's raw folder, the
+   rule and its thresholds in pseudolabels.json), which `--config.selftrain.pseudo_dir` then trains on like any
+   Cityscapes folder. Rounds: pseudolabel -> selftrain -> pseudolabel with the self-trained run as the ensemble
+   (`mbt.workdirs`) and a larger `mbt.cbst_portion` -> selftrain.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -67,8 +91,8 @@ def _check_member_config(config: ml_collections.ConfigDict, workdir: str) -> Non
 def load_members(config: ml_collections.ConfigDict,
                  workdirs: Sequence[str]) -> tuple[base.Method, list[Any], list[int]]:
   """(method, [segmentation variables], [step]) of the last (or config.eval.checkpoint's) checkpoint of each run."""
-  from rtda_jax import checkpointing, trainer
-  method = base.get_method(config)
+  from rtda_jax import checkpointing, methods
+  method = methods.get_method(config)
   target = None
   variables, steps = [], []
   for workdir in workdirs:
@@ -78,7 +102,7 @@ def load_members(config: ml_collections.ConfigDict,
                               'config.mbt.workdirs.')
     _check_member_config(config, workdir)
     if target is None:  # one freshly initialised state gives the tree structure, shapes and dtypes of all
-      target = method.init(jax.random.PRNGKey(config.seed), trainer.train_shapes(config))
+      target = method.init(jax.random.PRNGKey(config.seed), base.train_shapes(config))
     ckpt = checkpointing.Checkpointer(workdir)
     try:
       if ckpt.latest_step() is None:
@@ -91,18 +115,36 @@ def load_members(config: ml_collections.ConfigDict,
   return method, variables, steps
 
 
+def member_probs(method: base.Method, members: Sequence[Any], images: jax.Array, out_shape: tuple[int, int],
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False) -> list[jax.Array]:
+  """`evaluate.predict_probs` of each member: a list of float32 [B, h, w, C] at `out_shape`."""
+  return [evaluate.predict_probs(method, v, images, out_shape, scales, flip) for v in members]
+
+
+def _mean(probs: Sequence[jax.Array]) -> jax.Array:
+  return sum(probs) / len(probs)
+
+
 def ensemble_probs(method: base.Method, members: Sequence[Any], images: jax.Array, out_shape: tuple[int, int],
                    scales: tuple[float, ...] = (1.0,), flip: bool = False) -> jax.Array:
   """Mean over the members of `evaluate.predict_probs`: float32 [B, h, w, C] at `out_shape`."""
-  total = sum(evaluate.predict_probs(method, v, images, out_shape, scales, flip) for v in members)
-  return total / len(members)
+  return _mean(member_probs(method, members, images, out_shape, scales, flip))
 
 
 def evaluate_ensemble(method: base.Method, members: Sequence[Any], config: ml_collections.ConfigDict,
                       mesh: jax.sharding.Mesh, *, step: int, workdir: str | None = None,
                       split: str | None = None) -> dict[str, Any]:
-  """`evaluate.evaluate` for the averaged softmax of several models: eval.json and predictions/ in `workdir`."""
-  probs_fn = functools.partial(ensemble_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip))
+  """`evaluate.evaluate` for the averaged softmax of several models: eval.json and predictions/ in `workdir`.
+
+  Under an eval.protocol that upsamples (align_corners set) the mean softmax at the input size is upsampled to the
+  scored size, as FDA's evaluation_multi.py does; 'stored' scores the mean as before."""
+  ensemble = functools.partial(ensemble_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip))
+  align_corners = evaluate.get_protocol(config).align_corners
+
+  def upsampled(variables, images, out_shape):  # images [B, h, w, 3] -> probabilities [B, H, W, C] at out_shape
+    return evaluate.resize_scores(ensemble(variables, images, images.shape[1:3]), out_shape, align_corners)
+
+  probs_fn = ensemble if align_corners is None else upsampled
   return evaluate.evaluate(method, list(members), config, mesh, step=step, workdir=workdir, split=split,
                            probs_fn=probs_fn)
 
@@ -143,9 +185,77 @@ def class_thresholds(histogram: np.ndarray, percentile: float = 0.66, max_thresh
     if n == 0:
       continue
     rank = min(int(np.round(n * percentile)), n - 1)  # 0-based index in the ascending order
-    j = int(np.searchsorted(cumulative[c], rank, side='right'))  # first bin with more than `rank` pixels at or below
-    out[c] = j / num_bins
+    out[c] = _bin_edge_at_rank(cumulative[c], rank)
   return np.minimum(out, max_threshold)
+
+
+def _bin_edge_at_rank(cumulative: np.ndarray, rank: int) -> float:
+  """Lower edge of the bin holding the confidence at 0-based ascending index `rank`, from one class's cumulative
+  counts [num_bins] (pixels with a bin <= j)."""
+  j = int(np.searchsorted(cumulative, rank, side='right'))  # first bin with more than `rank` pixels at or below
+  return j / len(cumulative)
+
+
+def cbst_thresholds(histogram: np.ndarray, portion: float = 0.2, max_threshold: float = 0.9) -> np.ndarray:
+  """float64 [C] CBST's class-balanced thresholds k_c from confidence histograms [C, num_bins].
+
+  CBST's `kc_parameters`: sort the n confidences of the pixels predicted as the class in descending order and take
+  the one at 1-based position floor(n * portion) (0-based ascending index n - floor(n * portion)), so that the most
+  confident `portion` of the class's pixels reach it; a class with floor(n * portion) = 0 keeps CBST's initial value
+  1. Computed thresholds are then capped at `max_threshold` (1: none, as in CBST's code). To one bin, like
+  `class_thresholds`: the lower edge of the bin holding the value, at most 1 / num_bins below CBST's.
+  """
+  _check_portion(portion)
+  histogram = np.asarray(histogram, np.int64)
+  out = np.ones(histogram.shape[0], np.float64)
+  cumulative = np.cumsum(histogram, axis=1)  # [C, num_bins]
+  for c in range(len(out)):
+    n = int(cumulative[c, -1])
+    selected = int(math.floor(n * portion))  # CBST's len_cls_thresh
+    if selected > 0:
+      out[c] = min(_bin_edge_at_rank(cumulative[c], n - selected), max_threshold)
+  return out
+
+
+def _check_portion(portion: float) -> None:
+  if not 0.0 < portion <= 1.0:
+    raise ValueError(f'config.mbt.cbst_portion={portion} must be in (0, 1]: the portion of each class\'s pixels that '
+                     'CBST keeps (0.2 in the first round, grown over rounds).')
+
+
+RULES = ('fda', 'cbst', 'agreement')
+
+
+def check_rule(config: ml_collections.ConfigDict) -> str:
+  """config.mbt.rule, checked."""
+  rule = config.mbt.rule
+  if rule not in RULES:
+    raise ValueError(f'config.mbt.rule={rule!r} is not a pseudo-label rule; use one of {", ".join(RULES)} '
+                     '(configs/fda.py, e.g. --config.mbt.rule=cbst).')
+  if rule == 'cbst':
+    _check_portion(config.mbt.cbst_portion)
+    if config.mbt.num_bins < config.model.num_classes:
+      # A confidence (max_c p_c) is >= 1 / C, so with at least C bins no threshold's lower bin edge is 0; CBST
+      # divides by the thresholds.
+      raise ValueError(f'config.mbt.num_bins={config.mbt.num_bins} is below model.num_classes='
+                       f'{config.model.num_classes}: CBST needs thresholds above 0; use the default 10000.')
+  return rule
+
+
+def rule_thresholds(histogram: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """float64 [C]: CBST's thresholds for mbt.rule 'cbst', FDA's for 'fda' and 'agreement'."""
+  mbt = config.mbt
+  if check_rule(config) == 'cbst':
+    return cbst_thresholds(histogram, mbt.cbst_portion, mbt.max_threshold)
+  return class_thresholds(histogram, mbt.percentile, mbt.max_threshold)
+
+
+def rule_info(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The rule and the parameters its thresholds depend on, for pseudolabels.json."""
+  mbt = config.mbt
+  rule = check_rule(config)
+  params = {'portion': mbt.cbst_portion} if rule == 'cbst' else {'percentile': mbt.percentile}
+  return {'rule': rule, **params, 'max_threshold': mbt.max_threshold, 'num_bins': mbt.num_bins}
 
 
 def apply_thresholds(preds: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray,
@@ -155,6 +265,39 @@ def apply_thresholds(preds: np.ndarray, confidence: np.ndarray, thresholds: np.n
   # Compared in the confidence's precision (float32), in which the histogram bins were computed.
   keep = confidence >= np.asarray(thresholds).astype(confidence.dtype)[preds.astype(np.int64)]
   return np.where(keep, preds, ignore).astype(np.uint8)
+
+
+def ensemble_scores(probs: Sequence[jax.Array], thresholds: jax.Array | None = None,
+                    agreement: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """(preds uint8 [B, H, W], score float32 [B, H, W], agree bool [B, H, W] or None) from the members' softmax
+  `probs` (a list of [B, H, W, C]), jittable.
+
+  preds, score: argmax_c and max_c of the ensemble mean p (FDA's prediction and confidence), or, given CBST's
+  thresholds k [C], of p_c / k_c (CBST's class-normalised prediction; kept where the score is >= 1).
+  agree (when `agreement`): every member's own argmax equals the argmax of p.
+  """
+  scores = _mean(probs)  # [B, H, W, C]
+  preds = jnp.argmax(scores, axis=-1)
+  agree = None
+  if agreement:
+    agree = functools.reduce(jnp.logical_and, [jnp.argmax(p, axis=-1) == preds for p in probs])
+  if thresholds is not None:
+    scores = scores / jnp.asarray(thresholds, scores.dtype)  # CBST's weighted_prob = pred_prob / cls_thresh
+    preds = jnp.argmax(scores, axis=-1)
+  return preds.astype(jnp.uint8), jnp.max(scores, axis=-1), agree
+
+
+def select_labels(rule: str, preds: np.ndarray, score: np.ndarray, thresholds: np.ndarray,
+                  agree: np.ndarray | None = None) -> np.ndarray:
+  """uint8 train ids [..., H, W] of `rule` from `ensemble_scores`' outputs (with `thresholds` for 'cbst'), `IGNORE`
+  where not kept: 'fda' keeps a pixel whose confidence reaches its class's threshold, 'agreement' one that also has
+  `agree`, 'cbst' one whose class-normalised score max_c p_c / k_c reaches 1."""
+  if rule == 'cbst':
+    return apply_thresholds(preds, score, np.ones(len(thresholds)))
+  labels = apply_thresholds(preds, score, thresholds)
+  if rule == 'agreement':
+    labels = np.where(np.asarray(agree), labels, labels_lib.IGNORE).astype(np.uint8)
+  return labels
 
 
 # ---- the pseudo-labelled folder -------------------------------------------------------------------------------------
@@ -221,47 +364,58 @@ def target_raw_dir(config: ml_collections.ConfigDict) -> str:
 # ---- the two passes -------------------------------------------------------------------------------------------------
 
 
-def _predict_step(method, scales, flip, members, images):
-  probs = ensemble_probs(method, members, images, images.shape[1:3], scales, flip)  # [B, H, W, C]
-  return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
+def _predict_step(method, scales, flip, agreement, members, images, thresholds=None):
+  probs = member_probs(method, members, images, images.shape[1:3], scales, flip)  # members x [B, H, W, C]
+  return ensemble_scores(probs, thresholds, agreement)
 
 
 def _predictions(method: base.Method, members: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 split: str) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, jax.Array]]:
-  """(batch, preds [B, H, W] uint8, confidence [B, H, W] float32) over the target `split`, sharded on the mesh."""
+                 split: str, thresholds: np.ndarray | None = None, agreement: bool = False
+                 ) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, jax.Array, jax.Array | None]]:
+  """(batch, preds [B, H, W] uint8, score [B, H, W] float32, agree [B, H, W] bool or None) of `ensemble_scores`
+  over the target `split`, sharded on the mesh."""
   from rtda_jax.data import pipeline
-  step_fn = jax.jit(functools.partial(_predict_step, method, tuple(config.eval.scales), bool(config.eval.flip)))
+  step_fn = jax.jit(functools.partial(_predict_step, method, tuple(config.eval.scales), bool(config.eval.flip),
+                                      agreement))
+  if thresholds is not None:
+    thresholds = parallel.replicate(np.asarray(thresholds, np.float32), mesh)
   for batch in pipeline.eval_loader(config.data, config.data.target, split, config.data.eval_batch_size):
     images = parallel.shard_batch(batch['image'], mesh)
-    preds, confidence = step_fn(members, images)
-    yield batch, preds, confidence
+    yield batch, *step_fn(members, images, thresholds)
 
 
 def pseudo_label_thresholds(method: base.Method, members: Any, config: ml_collections.ConfigDict,
                             mesh: jax.sharding.Mesh, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """First pass: (thresholds [C], histogram [C, num_bins] int64) over the whole split, summed over processes."""
+  """First pass: (thresholds [C] of mbt.rule, histogram [C, num_bins] int64) over the whole split, summed over
+  processes. The histogram is of the ensemble's confidence per predicted class, for every rule."""
   mbt = config.mbt
   num_classes = config.model.num_classes
   hist_fn = jax.jit(functools.partial(confidence_histogram, num_classes=num_classes, num_bins=mbt.num_bins),
                     out_shardings=parallel.replicated(mesh))
   total = np.zeros((num_classes, mbt.num_bins), np.int64)
-  for batch, preds, confidence in _predictions(method, members, config, mesh, split):
+  for batch, preds, confidence, _ in _predictions(method, members, config, mesh, split):
     valid = parallel.shard_batch(np.asarray(batch['valid']), mesh)
     total += np.asarray(jax.device_get(hist_fn(preds, confidence, valid)), np.int64)
-  return class_thresholds(total, mbt.percentile, mbt.max_threshold), total
+  return rule_thresholds(total, config), total
 
 
 def write_pseudo_labels(method: base.Method, members: Any, config: ml_collections.ConfigDict,
                         mesh: jax.sharding.Mesh, out_dir: str, thresholds: np.ndarray, split: str) -> dict[str, Any]:
-  """Second pass: thresholded labels of every image of `split` as label-id PNGs under `out_dir` (images linked)."""
+  """Second pass: the labels mbt.rule keeps with `thresholds`, of every image of `split`, as label-id PNGs under
+  `out_dir` (images linked)."""
+  rule = check_rule(config)
   raw_dir = target_raw_dir(config)
   kept = np.zeros(config.model.num_classes + 1, np.int64)  # pixels per class kept, and ignored (last)
+  disagreeing = 0
   num_images = 0
-  for batch, preds, confidence in _predictions(method, members, config, mesh, split):
-    preds, confidence = parallel.local_rows(preds), parallel.local_rows(confidence)
+  for batch, preds, score, agree in _predictions(method, members, config, mesh, split,
+                                                 thresholds=thresholds if rule == 'cbst' else None,
+                                                 agreement=rule == 'agreement'):
+    preds, score = parallel.local_rows(preds), parallel.local_rows(score)
+    agree = None if agree is None else parallel.local_rows(agree)
     for i in np.flatnonzero(np.asarray(batch['valid'])):
       name = str(batch['name'][i])
-      label = apply_thresholds(preds[i], confidence[i], thresholds)  # [H, W]
+      label = select_labels(rule, preds[i], score[i], thresholds, None if agree is None else agree[i])  # [H, W]
       raw_image = os.path.join(raw_dir, name)
       with Image.open(raw_image) as im:
         size = im.size  # (W, H) of the raw image: the label must pair with it; the builder resizes both
@@ -269,10 +423,14 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
       link_or_copy(raw_image, os.path.join(out_dir, name))
       kept += np.bincount(np.minimum(label.reshape(-1), config.model.num_classes),
                           minlength=config.model.num_classes + 1)
+      disagreeing += 0 if agree is None else int((~agree[i]).sum())
       num_images += 1
-  return {'num_images': num_images, 'kept_fraction': float(kept[:-1].sum() / max(1, kept.sum())),
-          'pixels_per_class': {n: int(k) for n, k in zip(labels_lib.CLASS_NAMES, kept[:-1])},
-          'ignored_pixels': int(kept[-1])}
+  stats = {'num_images': num_images, 'kept_fraction': float(kept[:-1].sum() / max(1, kept.sum())),
+           'pixels_per_class': {n: int(k) for n, k in zip(labels_lib.CLASS_NAMES, kept[:-1])},
+           'ignored_pixels': int(kept[-1])}
+  if rule == 'agreement':
+    stats['disagreeing_pixels'] = disagreeing  # pixels where some member's argmax differs from the ensemble's
+  return stats
 
 
 def _sync(name: str) -> None:
@@ -299,7 +457,7 @@ def make_pseudo_labels(method: base.Method, members: Any, config: ml_collections
   _sync('pseudo_tmp_ready')
   stats = write_pseudo_labels(method, members, config, mesh, tmp, thresholds, split)
   _sync('pseudo_written')
-  info = {'split': split, 'raw_dir': os.path.abspath(raw_dir), 'thresholds': dict(zip(
+  info = {'split': split, 'raw_dir': os.path.abspath(raw_dir), **rule_info(config), 'thresholds': dict(zip(
       labels_lib.CLASS_NAMES, (float(t) for t in thresholds))), 'predicted_pixels_per_class': dict(zip(
           labels_lib.CLASS_NAMES, (int(n) for n in histogram.sum(axis=1)))), **stats}
   if jax.process_index() == 0:
@@ -327,9 +485,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   parallel.initialize_distributed()
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
+  check_rule(config)  # a wrong rule fails before any model or data work
   workdirs = member_workdirs(config)
   method, members, steps = load_members(config, workdirs)  # before any data work: a missing run fails fast
-  builders.prepare(config.data)
+  builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -342,7 +501,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, INFO_FILE), 'w') as f:
       json.dump(info, f, indent=2)
-  print(f"Pseudo-labels of {info['num_images']} {info['split']} images in {info['pseudo_dir']} "
+  print(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images in {info['pseudo_dir']} "
         f"({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
         f"--config.selftrain.pseudo_dir={info['pseudo_dir']}")
   return {'eval': result, 'pseudo': info}

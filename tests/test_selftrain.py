@@ -1,9 +1,13 @@
-"""Multi-band transfer and self-training: thresholds from streaming histograms against FDA's rule on all confidences,
-the cap, ignored pixels, the written Cityscapes layout, and the three stages end to end on tiny runs."""
+"""Multi-band transfer and self-training: thresholds from streaming histograms against FDA's and CBST's rules on all
+confidences, the agreement rule, the cap, ignored pixels, the written Cityscapes layout, the three stages end to end on
+tiny runs (FDA's rule, and CBST's feeding a self-training run), and the pseudo-label quality script."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import math
 import os
 
 import jax
@@ -12,11 +16,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import fda as fda_config
 from rtda_jax import app, labels, parallel, selftrain
 from rtda_jax.data import builders
 from rtda_jax.methods import fda
 from tests.test_fda import TINY_MODEL
 from tests.trainer_utils import read_eval, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = {'model.name': TINY_MODEL, 'train.num_steps': 4}
+# A confidence v <= 1 goes to bin floor(fl32(v * num_bins)); the float32 product is within 2^-24 * num_bins of
+# v * num_bins, so a threshold's lower bin edge lies in [v - 1/num_bins - 2^-24, v + 2^-24]; its float32 cast, used
+# in the comparisons, moves it by at most 2^-24 more (values <= 1). Hence 1/num_bins below and 2^-23 either side.
+FP32_SLACK = 2.0 ** -23
 
 
 def fda_rule(preds: np.ndarray, confidence: np.ndarray, num_classes: int = 19, percentile: float = 0.66,
@@ -84,6 +96,184 @@ def test_pixels_below_their_class_threshold_become_ignore():
   assert out.dtype == np.uint8
 
 
+def cbst_rule(preds: np.ndarray, confidence: np.ndarray, portion: float, cap: float,
+              num_classes: int = 19) -> np.ndarray:
+  """CBST's kc_parameters on every confidence at once: sort descending, take position floor(n * p) (1-based), else 1."""
+  out = np.ones(num_classes)
+  for c in range(num_classes):
+    x = np.sort(confidence[preds == c])[::-1]
+    selected = int(math.floor(len(x) * portion))
+    if selected:
+      out[c] = min(x[selected - 1], cap)
+  return out
+
+
+def random_ensemble(num_members=3, num_images=6, shape=(12, 10), seed=0):
+  """Members' softmax, a list of float32 [N, H, W, 19]: six classes share most of the mass, the members scatter around
+  a common logit. Class 13 is confident (its top fifth lies above the cap), class 17 wins two pixels only; class 1 only
+  leads a weak four-way tie (rows 3-5), so its CBST threshold is low, and is a close second to class 5 in rows 6-8:
+  there CBST's class-normalised argmax picks class 1."""
+  rng = np.random.default_rng(seed)
+  classes = [0, 1, 2, 5, 8, 13]
+  common = rng.normal(0.0, 1.5, (num_images, *shape, len(classes)))
+  noise = np.ones(common.shape)
+  common[..., 1] -= 4.0
+  common[:, 3:6] = [-1.0, 2.2, 2.0, 2.0, 2.0, -1.0]
+  common[:, 6:9] = [-1.0, 1.6, -1.0, 2.0, -1.0, -1.0]
+  common[:, 9:, :, 3] += 3.0  # class 5 is confident elsewhere: a high CBST threshold
+  noise[:, 3:9] = 0.2
+  probs = []
+  for _ in range(num_members):
+    logits = np.full((num_images, *shape, 19), -3.0)
+    logits[..., classes] = common + rng.normal(0.0, 1.0, common.shape) * noise
+    logits[:, :3, :, 13] += 6.0
+    logits[0, -1, :2, 17] = 12.0
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs.append((e / e.sum(-1, keepdims=True)).astype(np.float32))
+  return probs
+
+
+def mbt_config(rule: str, num_bins: int):
+  config = fda_config.get_config('mbt')
+  config.mbt.rule, config.mbt.num_bins = rule, num_bins
+  return config
+
+
+def two_passes(probs, config, batch_size=4):
+  """The pipeline's two passes on an ensemble output, in batches (the last one padded): (thresholds, labels)."""
+  rule = config.mbt.rule
+  scores = jax.jit(selftrain.ensemble_scores, static_argnums=2)
+  hist_fn = jax.jit(selftrain.confidence_histogram, static_argnums=(3, 4))
+  n = len(probs[0])
+  batches = []
+  for start in range(0, n, batch_size):
+    pad = batch_size - len(probs[0][start:start + batch_size])
+    batches.append(([np.concatenate([p[start:start + batch_size], np.repeat(p[:1], pad, 0)]) for p in probs],
+                    np.arange(batch_size) < batch_size - pad))
+  hist = np.zeros((19, config.mbt.num_bins), np.int64)
+  for members, valid in batches:
+    preds, confidence, _ = scores(members, None, False)
+    hist += np.asarray(hist_fn(preds, confidence, jnp.asarray(valid), 19, config.mbt.num_bins))
+  assert hist.sum() == np.prod(probs[0].shape[:3])
+  thresholds = selftrain.rule_thresholds(hist, config)
+  out = []
+  for members, valid in batches:
+    preds, score, agree = scores(members, thresholds if rule == 'cbst' else None, rule == 'agreement')
+    agree = None if agree is None else np.asarray(agree)[valid]
+    out.append(selftrain.select_labels(rule, np.asarray(preds)[valid], np.asarray(score)[valid], thresholds, agree))
+  return thresholds, np.concatenate(out)
+
+
+def check_thresholds(got, exact, num_bins):
+  """Each threshold is the lower edge of the bin holding the exact value (FP32_SLACK: float32 rounding)."""
+  assert np.all(got <= exact + FP32_SLACK) and np.all(exact - got <= 1.0 / num_bins + FP32_SLACK), (got, exact)
+
+
+@pytest.mark.parametrize('num_bins', [1000, 10000])
+@pytest.mark.parametrize('rule', ['fda', 'agreement'])
+def test_fda_and_agreement_rules_match_brute_force_within_one_bin(rule, num_bins):
+  probs = random_ensemble()
+  mean = functools.reduce(np.add, probs) / len(probs)  # the ensemble's float32 mean, in the order the code sums
+  preds, confidence = mean.argmax(-1), mean.max(-1)
+  exact = fda_rule(preds, confidence)
+  thresholds, got = two_passes(probs, mbt_config(rule, num_bins))
+  check_thresholds(thresholds, exact, num_bins)
+  keep = confidence >= exact[preds]
+  if rule == 'agreement':
+    agree = np.all([p.argmax(-1) == preds for p in probs], axis=0)
+    assert 0 < (keep & ~agree).sum() < keep.sum()  # the members disagree on some pixels FDA's rule keeps
+    keep &= agree
+  kept = got != labels.IGNORE
+  np.testing.assert_array_equal(got[kept], preds[kept])
+  differ = kept != keep  # only pixels whose confidence is within a bin of their class's threshold
+  assert np.all(np.abs(confidence[differ] - exact[preds[differ]]) <= 1.0 / num_bins + FP32_SLACK)
+  assert 0 < keep.sum() < keep.size
+
+
+@pytest.mark.parametrize('num_bins', [1000, 10000])
+def test_cbst_rule_matches_brute_force_within_one_bin(num_bins):
+  probs = random_ensemble()
+  mean = functools.reduce(np.add, probs) / len(probs)
+  preds, confidence = mean.argmax(-1), mean.max(-1)
+  config = mbt_config('cbst', num_bins)
+  exact = cbst_rule(preds, confidence, config.mbt.cbst_portion, config.mbt.max_threshold)
+  assert exact[17] == 1.0 and exact[13] == pytest.approx(0.9) and np.all(exact[[3, 4, 6, 7]] == 1.0)
+  thresholds, got = two_passes(probs, config)
+  check_thresholds(thresholds, exact, num_bins)
+  kept = got != labels.IGNORE
+
+  # CBST's label_selection with our thresholds, in NumPy: the class-normalised argmax, kept where max p_c / k_c >= 1.
+  weighted = mean / thresholds.astype(np.float32)
+  np.testing.assert_array_equal(got, np.where(weighted.max(-1) >= 1, weighted.argmax(-1), labels.IGNORE))
+  assert np.sum(kept & (got != preds)) > 0  # the class-normalised argmax differs from the plain one on some pixels
+
+  # Against CBST with the exact thresholds (float64): kept masks differ only where a probability is within a bin of
+  # its class's threshold; labels, only where the two best normalised probabilities are within the bin's relative
+  # size (a threshold moved by d moves p_c / k_c by a factor within 1 +- d / k_c).
+  exact_weighted = mean.astype(np.float64) / exact
+  exact_keep = exact_weighted.max(-1) >= 1
+  differ = kept != exact_keep
+  margin = (mean - exact).max(-1)  # >= 0 exactly where CBST keeps the pixel
+  assert np.all(np.abs(margin[differ]) <= 1.0 / num_bins + FP32_SLACK)
+  both = kept & exact_keep
+  ours = np.take_along_axis(exact_weighted[both], got[both].astype(np.int64)[:, None], -1)[:, 0]
+  r = (1.0 / num_bins + 2 * FP32_SLACK) / thresholds.min()
+  assert np.all(ours >= exact_weighted[both].max(-1) * (1 - 2 * r))
+  assert 0 < exact_keep.sum() < exact_keep.size
+
+
+def test_cbst_thresholds_take_the_top_portion_of_each_class():
+  hist = np.zeros((19, 100), np.int64)
+  hist[4, 10:20] = 1  # ten pixels, confidences 0.10 ... 0.19
+  hist[7, 50:54] = 1  # four pixels: floor(4 * 0.2) = 0 selected
+  hist[9, 95:100] = 1  # five pixels, the top one 0.99
+  k = selftrain.cbst_thresholds(hist, 0.2, 0.9)
+  assert k[4] == pytest.approx(0.18)  # descending 0.19, 0.18, ...: position floor(10 * 0.2) = 2
+  assert k[7] == 1.0 and k[9] == pytest.approx(0.9) and k[0] == 1.0  # CBST's initial 1; the cap; absent class
+  k = selftrain.cbst_thresholds(hist, 1.0, 1.0)
+  assert k[4] == pytest.approx(0.10) and k[7] == pytest.approx(0.50) and k[9] == pytest.approx(0.95)
+  with pytest.raises(ValueError, match='cbst_portion'):
+    selftrain.cbst_thresholds(hist, 0.0)
+
+
+def test_cbst_labels_a_pixel_by_its_class_normalised_argmax():
+  probs = np.zeros((1, 1, 3, 19), np.float32)
+  probs[0, 0, :, :2] = [[0.6, 0.4], [0.8, 0.2], [0.95, 0.05]]
+  k = np.ones(19)
+  k[:2] = [0.9, 0.3]
+  # p / k: [0.67, 1.33] -> class 1, though class 0 is the argmax; [0.89, 0.67] -> neither reaches 1; [1.06, 0.17] -> 0.
+  preds, score, _ = selftrain.ensemble_scores([jnp.asarray(probs)], k)
+  got = selftrain.select_labels('cbst', np.asarray(preds), np.asarray(score), k)
+  np.testing.assert_array_equal(got, [[[1, 255, 0]]])
+  preds, confidence, _ = selftrain.ensemble_scores([jnp.asarray(probs)])  # the same thresholds by FDA's rule
+  np.testing.assert_array_equal(selftrain.select_labels('fda', np.asarray(preds), np.asarray(confidence), k),
+                                [[[255, 255, 0]]])
+
+
+def test_agreement_drops_a_pixel_where_one_member_disagrees():
+  def member(classes, confidence):
+    p = np.full((1, 1, len(classes), 19), (1 - confidence) / 18, np.float32)
+    p[0, 0, np.arange(len(classes)), classes] = confidence
+    return jnp.asarray(p)
+  probs = [member([2, 2], 0.95), member([2, 2], 0.95), member([2, 5], 0.6)]  # member 3 says class 5 at pixel 1
+  thresholds = np.full(19, 0.5)
+  preds, confidence, agree = selftrain.ensemble_scores(probs, agreement=True)
+  np.testing.assert_array_equal(np.asarray(preds), [[[2, 2]]])  # the ensemble still says 2, confidently
+  assert float(confidence[0, 0, 1]) > 0.6
+  args = np.asarray(preds), np.asarray(confidence), thresholds, np.asarray(agree)
+  np.testing.assert_array_equal(selftrain.select_labels('fda', *args), [[[2, 2]]])
+  np.testing.assert_array_equal(selftrain.select_labels('agreement', *args), [[[2, 255]]])
+
+
+def test_a_wrong_rule_or_portion_is_an_error_that_names_the_field():
+  with pytest.raises(ValueError, match='mbt.rule'):
+    selftrain.check_rule(mbt_config('percentile', 10000))
+  config = mbt_config('cbst', 10000)
+  config.mbt.cbst_portion = 1.5
+  with pytest.raises(ValueError, match='mbt.cbst_portion'):
+    selftrain.check_rule(config)
+
+
 def test_labels_are_written_as_cityscapes_label_ids(tmp_path):
   train_ids = np.array([[0, 1, 255], [10, 13, 18]], np.uint8)
   path = str(tmp_path / 'gtFine' / 'train' / 'x' / 'x_000000_000019_gtFine_labelIds.png')
@@ -117,16 +307,22 @@ def test_missing_member_run_is_an_error_that_names_it(tmp_path):
     selftrain.load_members(config, [str(tmp_path / 'nothing_here')])
 
 
-def test_three_stages_end_to_end(tmp_path_factory):
+@pytest.fixture(scope='module')
+def member_runs(tmp_path_factory):
+  """Stage 1 of the end-to-end tests: (data root, runs folder, workdirs) of two tiny FDA runs with different betas."""
   root = str(tmp_path_factory.mktemp('data'))
   runs = str(tmp_path_factory.mktemp('runs'))
-  tiny = {'model.name': TINY_MODEL, 'train.num_steps': 4}
-  # Stage 1: two FDA runs with different betas.
   members = []
   for beta in ('b005', 'b009'):
     workdir = os.path.join(runs, beta)
-    app.run(tiny_config(root, 'fda', beta, **tiny), workdir=workdir)
+    app.run(tiny_config(root, 'fda', beta, **TINY_RUN), workdir=workdir)
     members.append(workdir)
+  return root, runs, members
+
+
+def test_three_stages_end_to_end(member_runs):
+  root, runs, members = member_runs
+  tiny = TINY_RUN
   # Stage 2: the ensemble's evaluation and pseudo-labels.
   mbt_dir = os.path.join(runs, 'mbt')
   config = tiny_config(root, 'fda', 'mbt', **tiny, **{'mbt.workdirs': ','.join(members), 'mbt.name': 'tiny'})
@@ -135,6 +331,7 @@ def test_three_stages_end_to_end(tmp_path_factory):
   assert result['split'] == 'val' and result['num_images'] == 8 and result == out['eval']
   info = json.load(open(os.path.join(mbt_dir, 'pseudolabels.json')))
   assert [m['workdir'] for m in info['members']] == members and info['num_images'] == 16
+  assert info['rule'] == 'fda' and info['percentile'] == 0.66 and info['max_threshold'] == 0.9
 
   pseudo = os.path.join(root, 'pseudo', 'tiny')
   assert out['pseudo']['pseudo_dir'] == pseudo and not os.path.exists(pseudo + '.tmp')
@@ -178,3 +375,56 @@ def test_three_stages_end_to_end(tmp_path_factory):
   built = builders.load_builder(fda.pseudo_data_config(st), 'cityscapes')  # the pseudo folder got its own build
   assert os.path.abspath(pseudo) in json.load(open(os.path.join(os.fspath(built.data_dir), 'source.json')))[
       'raw_dir']
+
+
+def test_cbst_pseudo_labels_end_to_end_feed_self_training(member_runs):
+  root, runs, members = member_runs
+  mbt_dir = os.path.join(runs, 'mbt_cbst')
+  config = tiny_config(root, 'fda', 'mbt', **TINY_RUN, **{'mbt.workdirs': ','.join(members), 'mbt.name': 'tiny_cbst',
+                                                          'mbt.rule': 'cbst'})
+  out = app.run(config, workdir=mbt_dir, mode='pseudolabel')
+  info = json.load(open(os.path.join(mbt_dir, 'pseudolabels.json')))
+  assert info['rule'] == 'cbst' and info['portion'] == 0.2 and info['num_images'] == 16
+  thresholds = np.array([info['thresholds'][n] for n in labels.CLASS_NAMES])
+  predicted = np.array([info['predicted_pixels_per_class'][n] for n in labels.CLASS_NAMES])
+  selected = np.floor(predicted * 0.2)
+  assert np.all((thresholds == 1.0) == (selected == 0)) and np.all(thresholds[selected > 0] <= 0.9)
+  # The top fifth of each class's pixels reaches its threshold, so CBST keeps at least that many (relabelled or not).
+  assert sum(info['pixels_per_class'].values()) >= selected.sum() > 0
+  pseudo = out['pseudo']['pseudo_dir']
+  assert pseudo == os.path.join(root, 'pseudo', 'tiny_cbst')
+
+  st_dir = os.path.join(runs, 'st_cbst')
+  st = tiny_config(root, 'fda', 'b009,selftrain', **{**TINY_RUN, 'train.num_steps': 2, 'selftrain.pseudo_dir': pseudo})
+  assert app.run(st, workdir=st_dir)['num_images'] == 8
+  logged = [m for m in map(json.loads, open(os.path.join(st_dir, 'metrics.jsonl'))) if 'loss' in m]
+  assert logged and all(np.isfinite(m['loss_pseudo']) and m['loss_pseudo'] > 0 for m in logged)
+
+  # Round 2: pseudo-labels from the self-trained run, with a larger portion.
+  r2 = tiny_config(root, 'fda', 'mbt', **TINY_RUN, **{'mbt.workdirs': st_dir, 'mbt.name': 'tiny_cbst_r2',
+                                                      'mbt.rule': 'cbst', 'mbt.cbst_portion': 0.4})
+  app.run(r2, workdir=os.path.join(runs, 'mbt_cbst_r2'), mode='pseudolabel')
+  info = json.load(open(os.path.join(runs, 'mbt_cbst_r2', 'pseudolabels.json')))
+  assert info['members'] == [{'workdir': st_dir, 'step': 2}] and info['portion'] == 0.4
+  selected = np.floor(np.array([info['predicted_pixels_per_class'][n] for n in labels.CLASS_NAMES]) * 0.4)
+  assert sum(info['pixels_per_class'].values()) >= selected.sum() > 0
+
+
+def test_pseudo_label_quality_reports_per_class_precision(tmp_path):
+  spec = importlib.util.spec_from_file_location('pseudo_label_quality',
+                                                os.path.join(ROOT, 'benchmarks', 'pseudo_label_quality.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  name = 'gtFine/train/x/x_000000_000019_gtFine_labelIds.png'
+  truth = np.array([[0, 0, 0, 13], [13, 13, 2, 255]], np.uint8)  # train ids: road, car, building, unlabelled
+  pseudo = np.array([[0, 0, 13, 13], [13, 255, 13, 0]], np.uint8)  # car on road and building; ignored; on unlabelled
+  selftrain.write_label(str(tmp_path / 'truth' / name), truth)
+  selftrain.write_label(str(tmp_path / 'pseudo' / name), pseudo)
+  json.dump({'rule': 'cbst', 'portion': 0.2, 'thresholds': {'car': 0.5}},
+            open(tmp_path / 'pseudo' / selftrain.INFO_FILE, 'w'))
+  q = script.quality(str(tmp_path / 'pseudo'), str(tmp_path / 'truth'))
+  # Pixels labelled in both: road 2/2 right; car 2 right of 4 (one road, one building).
+  assert q['per_class']['road']['precision'] == 1.0 and q['per_class']['car']['precision'] == 0.5
+  assert set(q['per_class']) == {'road', 'car'} and q['accuracy'] == pytest.approx(4 / 6)
+  assert q['kept_fraction'] == pytest.approx(6 / 7) and q['info']['rule'] == 'cbst'
+  script.main([str(tmp_path / 'pseudo'), str(tmp_path / 'truth')])  # prints the table
