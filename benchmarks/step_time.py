@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rtda_jax.methods import base  # noqa: E402
+from rtda_jax import methods  # noqa: E402
 from tests.trainer_utils import get_field, override, random_batch  # noqa: E402
 
 TIMED_STEPS = 10
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
   name, preset, h, w, batch = argv[0], argv[1] or None, int(argv[2]), int(argv[3]), int(argv[4])
   config = importlib.import_module(f'configs.{name}').get_config(preset)
   override(config, {k: type(get_field(config, k))(x) for k, x in (a.split('=', 1) for a in argv[5:])})
-  method = base.get_method(config)
+  method = methods.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': (h, w), 'target': (h, w)})
   data = jax.tree.map(jnp.asarray, random_batch(batch, (h, w), domains=method.domains))
   step = jax.jit(method.train_step, donate_argnums=0)

@@ -5,7 +5,7 @@ once per batch size with `jax.jit(f).lower(...).compile()`; FLOPs come from the 
 `cost_analysis()` (XLA counts a multiply-add as 2 FLOPs; papers that quote "FLOPs" often mean multiply-adds). Only
 the compiled executable is timed: inputs already on the device, warm-up calls first, every call ended by
 `block_until_ready`, compile and tracing excluded. One training step of the supervised and of the adversarial
-method (built by `methods.base.get_method`, state donated as in the trainer) is timed the same way. Weights are
+method (built by `methods.get_method`, state donated as in the trainer) is timed the same way. Weights are
 random (speed does not depend on them). Results go to `<workdir>/complexity.json` and a Markdown table is printed.
 
 Defaults when `config.benchmark` leaves a field empty: on GPU BiSeNet and DeepLab-v2 at 512x1024, float32 and
@@ -204,21 +204,20 @@ def benchmark_forward(module: flax.linen.Module, variables: Any, resolution: tup
 
 def method_config(config: ml_collections.ConfigDict, method: str, model_cfg: ml_collections.ConfigDict
                   ) -> ml_collections.ConfigDict:
-  """An unlocked copy of `config` for `method` with `model_cfg`; the adversarial `config.adv` from configs/adv.py
-  where the config has none."""
+  """An unlocked copy of `config` for `method` with `model_cfg`; the adversarial settings `config.benchmark.adv`
+  where the config has no `adv` of its own."""
   cfg = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
   cfg.method, cfg.model = method, model_cfg
   if method == 'adversarial' and 'adv' not in cfg:
-    from configs import adv  # pylint: disable=import-outside-toplevel
-    cfg.adv = adv.get_config().adv
+    cfg.adv = cfg.benchmark.adv
   return cfg
 
 
 def benchmark_train_step(config: ml_collections.ConfigDict, method_name: str, resolution: tuple[int, int],
                          batch: int, num_runs: int, warmup_runs: int, peak: float | None = None) -> dict[str, Any]:
   """Compile and time one `train_step` of a method (state donated), `batch` images per domain at `resolution`."""
-  from rtda_jax.methods import base  # pylint: disable=import-outside-toplevel
-  method = base.get_method(config)
+  from rtda_jax import methods  # pylint: disable=import-outside-toplevel
+  method = methods.get_method(config)
   shapes = {'source': resolution, 'target': resolution}
   state = random_tree(jax.eval_shape(lambda key: method.init(key, shapes), jax.random.PRNGKey(0)))
   rng = np.random.default_rng(1)

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from configs import adv as adv_config
-from rtda_jax import app, models
+from rtda_jax import app, methods, models
 from rtda_jax.methods import base
 from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
                                  init_and_step, random_batch, steps_on_mesh, tiny_config)
@@ -112,7 +112,7 @@ def test_discriminator_update_uses_detached_predictions_with_source_0_target_1()
 @pytest.mark.parametrize('bias, small', [(-10.0, True), (10.0, False)])
 def test_adversarial_loss_is_small_when_the_discriminator_already_says_source(bias, small):
   config = make_config()
-  method = base.get_method(config)
+  method = methods.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE})
   p = jax.tree.map(jnp.zeros_like, state.discs[0].params)
   p['classifier']['bias'] = jnp.full_like(p['classifier']['bias'], bias)  # D(x) = bias everywhere

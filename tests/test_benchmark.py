@@ -16,7 +16,7 @@ import pytest
 from jax.extend import core as jex_core
 
 from configs import oracle
-from rtda_jax import benchmark, models
+from rtda_jax import benchmark, methods, models
 from rtda_jax.methods import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +155,7 @@ def test_adversarial_method_config_gets_the_adv_fields():
   config = oracle.get_config()
   cfg = benchmark.method_config(config, 'adversarial', benchmark.model_config(config, 'bisenet', 'bfloat16'))
   assert cfg.method == 'adversarial' and cfg.adv.level == 'single' and cfg.model.dtype == 'bfloat16'
-  assert base.get_method(cfg).domains == ('source', 'target') and config.method == 'supervised'
+  assert methods.get_method(cfg).domains == ('source', 'target') and config.method == 'supervised'
 
 
 def test_cost_flops_reads_a_dict_or_a_list():

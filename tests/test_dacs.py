@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from configs import dacs as dacs_config
-from rtda_jax import app
+from rtda_jax import app, methods
 from rtda_jax.methods import base, dacs
 from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
                                  steps_on_mesh, tiny_config)
@@ -54,7 +54,7 @@ def make_batch(batch_size=2, seed=0):
 
 
 def init(config):
-  method = base.get_method(config)
+  method = methods.get_method(config)
   return method, method.init(jax.random.PRNGKey(0), {'source': SHAPE, 'target': SHAPE})
 
 
@@ -226,7 +226,7 @@ def test_presets():
   with pytest.raises(ValueError, match='Unknown preset'):
     dacs_config.get_config('nope')
   with pytest.raises(ValueError, match='pixel_weight'):
-    base.get_method(make_config(**{'dacs.pixel_weight': 'nope'}))
+    methods.get_method(make_config(**{'dacs.pixel_weight': 'nope'}))
 
 
 def test_one_and_eight_devices_give_the_same_dacs_steps():

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from configs import fda as fda_config
-from rtda_jax import app
+from rtda_jax import app, methods
 from rtda_jax.methods import base
 from rtda_jax.methods import fda
 from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
@@ -206,12 +206,12 @@ def test_entropy_waits_for_its_start_step():
 
 
 def test_selftrain_reads_the_target_from_the_pseudo_folder():
-  method = base.get_method(make_config(**{'selftrain.pseudo_dir': '/data/pseudo/x'}))
+  method = methods.get_method(make_config(**{'selftrain.pseudo_dir': '/data/pseudo/x'}))
   data, name = method.train_data('target')
   assert (data.cityscapes_dir, name) == ('/data/pseudo/x', 'cityscapes')
   assert method.config.data.cityscapes_dir is None  # the run's own config (evaluation) is unchanged
   assert method.train_data('source')[0] is method.config.data
-  plain = base.get_method(make_config())
+  plain = methods.get_method(make_config())
   assert plain.train_data('target')[0] is plain.config.data
 
 
@@ -239,7 +239,7 @@ def test_paper_preset_is_the_course_setting():
 
 def test_unknown_window_is_an_error():
   with pytest.raises(ValueError, match='fda.window'):
-    base.get_method(make_config(**{'fda.window': 'round'}))
+    methods.get_method(make_config(**{'fda.window': 'round'}))
 
 
 def test_one_and_eight_devices_give_the_same_fda_step():

@@ -45,13 +45,23 @@ def poly_schedule(base_lr: float, num_steps: int, power: float = 0.9, warmup_ste
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+def schedule_horizon(train_cfg: ml_collections.ConfigDict) -> int:
+  """T of the poly decay: `train.schedule_steps` (the references decay over T and stop earlier), else num_steps."""
+  return int(train_cfg.get('schedule_steps', 0) or train_cfg.num_steps)
+
+
+def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  """The segmentation net's schedule: warm-up, then poly decay over the horizon."""
+  return poly_schedule(train_cfg.learning_rate, schedule_horizon(train_cfg), train_cfg.poly_power,
+                       train_cfg.warmup_steps)
+
+
 def segmentation_optimizer(train_cfg: ml_collections.ConfigDict, param_labels: Any) -> optax.GradientTransformation:
   """SGD (or Adam) with weight decay and poly decay; heads at `head_lr_mult` x the rate; frozen params never move.
 
   Weight decay is added to the gradient before momentum, as PyTorch's SGD does.
   """
-  schedule = poly_schedule(train_cfg.learning_rate, train_cfg.num_steps, train_cfg.poly_power,
-                           train_cfg.warmup_steps)
+  schedule = learning_rate_schedule(train_cfg)
 
   def make(mult: float) -> optax.GradientTransformation:
     lr = lambda step: schedule(step) * mult
@@ -71,6 +81,11 @@ def create_train_state(module: flax.linen.Module, variables: dict[str, Any],
                        tx: optax.GradientTransformation) -> TrainState:
   return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,
                            batch_stats=variables.get('batch_stats'))
+
+
+def train_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """The training [H, W] of each domain, which `Method.init` takes."""
+  return {'source': tuple(config.data.source_train_size), 'target': tuple(config.data.target_train_size)}
 
 
 def to_float_images(images: jax.Array) -> jax.Array:
@@ -116,12 +131,19 @@ class Method(abc.ABC):
     """The segmentation variables to evaluate (the student by default)."""
     return state.seg.variables
 
+  def warm_start(self, state: Any, variables: dict[str, Any]) -> Any:
+    """The state with the segmentation net's params and BatchNorm statistics replaced by `variables` (a warm start:
+    optimiser state and step unchanged). Methods with other copies of the net (a teacher) override it."""
+    seg = state.seg.replace(params=variables['params'], batch_stats=variables.get('batch_stats'))
+    return state.replace(seg=seg)
+
   def predict_logits(self, variables: dict[str, Any], images: jax.Array) -> jax.Array:
     """float32 logits [B, H, W, C] of the model in eval mode."""
     return self.model.apply(variables, to_float_images(images), train=False)['logits']
 
 
-_REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {}
+_REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {}  # filled by `register`; read by
+# `rtda_jax.methods.get_method`, which imports the method modules (base imports none of them)
 
 
 def register(name: str):
@@ -130,17 +152,3 @@ def register(name: str):
     _REGISTRY[name] = cls
     return cls
   return deco
-
-
-def get_method(config: ml_collections.ConfigDict) -> Method:
-  # Import the method modules so they register themselves.
-  from rtda_jax.methods import supervised  # noqa: F401
-  for optional in ('adversarial', 'fda', 'dacs'):
-    try:
-      __import__(f'rtda_jax.methods.{optional}')
-    except ModuleNotFoundError as e:
-      if e.name != f'rtda_jax.methods.{optional}':
-        raise
-  if config.method not in _REGISTRY:
-    raise ValueError(f'config.method={config.method!r} is not a known method; known: {sorted(_REGISTRY)}.')
-  return _REGISTRY[config.method](config)
