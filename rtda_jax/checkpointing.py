@@ -30,6 +30,12 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.last.latest_step()
 
+  @staticmethod
+  def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a `last` checkpoint (without creating any folder)."""
+    root = os.path.join(workdir, 'checkpoints', 'last')
+    return os.path.isdir(root) and any(s.isdigit() for s in os.listdir(root))
+
   def save(self, step: int, state: Any, iterators: dict[str, Any], meta: dict[str, Any],
            best: bool = False) -> None:
     """Saves the state, each data iterator's position (one file per process) and `meta` as checkpoint `step`."""
@@ -95,3 +101,64 @@ class StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous.clear()
+
+
+# ---- warm start -----------------------------------------------------------------------------------------------------
+
+
+def parse_init_from(spec: str) -> tuple[str, str, int | None]:
+  """'WORKDIR[:best|last|STEP]' -> (workdir, 'best' | 'last', step or None for the newest)."""
+  workdir, kind, step = spec, 'last', None
+  head, sep, tail = spec.rpartition(':')
+  if sep and head and (tail in ('best', 'last') or tail.isdigit()):
+    workdir = head
+    if tail.isdigit():
+      step = int(tail)
+    else:
+      kind = tail
+  return workdir, kind, step
+
+
+def load_segmentation_variables(spec: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The segmentation network's {'params', 'batch_stats'} of the run named by `spec` ('WORKDIR[:best|last|STEP]'),
+  read without knowing that run's method (any method's state keeps the segmentation net in `seg`), and
+  {'workdir', 'kind', 'step'}. FileNotFoundError / ValueError naming the checkpoint when there is none or it has no
+  segmentation network."""
+  workdir, kind, step = parse_init_from(spec)
+  root = os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
+  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+  if not steps:
+    raise FileNotFoundError(f'model.init_from={spec!r}: no checkpoint in {root}. Train that run first, or name '
+                            'another run (WORKDIR[:best|last|STEP]).')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f'model.init_from={spec!r}: no checkpoint of step {step} in {root}; it has {steps}.')
+  path = os.path.join(root, str(step), 'state')
+  with ocp.PyTreeCheckpointer() as ckpt:
+    tree = ckpt.restore(path)
+  seg = tree.get('seg') if isinstance(tree, dict) else None
+  if not isinstance(seg, dict) or 'params' not in seg:
+    raise ValueError(f'model.init_from={spec!r}: the checkpoint {path} holds no segmentation network (`seg`).')
+  variables = {'params': seg['params']}
+  if seg.get('batch_stats') is not None:
+    variables['batch_stats'] = seg['batch_stats']
+  return variables, {'workdir': workdir, 'kind': kind, 'step': step, 'path': path}
+
+
+def check_same_structure(loaded: Any, expected: Any, what: str) -> None:
+  """ValueError naming `what` and the differing paths/shapes unless the two trees have one structure and shapes."""
+  flat = lambda t: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+  a, b = flat(loaded), flat(expected)
+  missing, unexpected = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+  shapes = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+  if missing or unexpected or shapes:
+    parts = []
+    if missing:
+      parts.append(f'{len(missing)} missing (e.g. {missing[:3]})')
+    if unexpected:
+      parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
+    if shapes:
+      parts.append('shapes differ: ' + ', '.join(f'{k} {a[k]} vs {b[k]}' for k in shapes[:3]))
+    raise ValueError(f'{what} does not match this model: {"; ".join(parts)}. Check model.name, model.num_classes, '
+                     'model.multi_level against that run\'s config.json.')

@@ -18,15 +18,11 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from rtda_jax import checkpointing, evaluate, parallel
+from rtda_jax import checkpointing, evaluate, methods, parallel
 from rtda_jax.methods import base
 
 # Folds of the root key (config.seed): one stream per purpose, never reused.
 _INIT, _DATA, _STEP = 0, 1, 2
-
-
-def train_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-  return {'source': tuple(config.data.source_train_size), 'target': tuple(config.data.target_train_size)}
 
 
 def data_seed(seed: int, domain: str) -> int:
@@ -93,25 +89,124 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def run_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of this run's initialisation, data order and step randomness: config.seed + config.seed_offset."""
+  return int(config.seed) + int(config.get('seed_offset', 0))
+
+
+def check_initialisation(config: ml_collections.ConfigDict) -> None:
+  """A `paper`-scale run must start from pretrained weights (or a warm start): from random weights a reference
+  recipe trains silently into nonsense (DeepLab-v2 with frozen BN affine: an un-normalised ResNet-101)."""
+  m = config.model
+  if config.get('scale', 'demo') != 'paper' or m.get('pretrained') or m.get('init_from') or m.get('allow_random_init'):
+    return
+  hint = m.get('pretrained_hint') or 'ImageNet weights of the backbone'
+  raise ValueError(
+      f'This `paper` preset needs initial weights: pass --config.model.pretrained=FILE with {hint}, converted once '
+      'with `python -m rtda_jax.models.pretrained convert FILE.pth FILE.npz` (README "Initial weights"), or '
+      '--config.model.init_from=WORKDIR; --config.model.allow_random_init=True trains from random weights anyway.')
+
+
+def _watched(metrics: dict[str, Any]) -> dict[str, float]:
+  """{'loss': value} (or the first metric of a method without a loss) as a float: the value checked every step."""
+  name = 'loss' if 'loss' in metrics else next(iter(metrics))
+  return {name: float(metrics[name])}
+
+
+def _initial_evaluation(method: base.Method, state: Any, config: ml_collections.ConfigDict, mesh: Any, workdir: str,
+                        start: int) -> dict[str, Any] | None:
+  """With a warm start: the evaluation of the starting model (computed once, kept in eval_init.json)."""
+  if not config.model.get('init_from'):
+    return None
+  path = os.path.join(workdir, 'eval_init.json')
+  if start > 0 and os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  result = evaluate.evaluate(method, method.eval_variables(state), config, mesh, step=0)
+  if jax.process_index() == 0:
+    print(f'The warm-start model ({config.model.init_from}) before training: mIoU {result["miou"]:.2f}.')
+    with open(path + '.tmp', 'w') as f:
+      json.dump({**result, 'init_from': config.model.init_from}, f, indent=2)
+    os.replace(path + '.tmp', path)
+  return result
+
+
+def source_stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The source-only run that `model.init_from` names when it does not exist yet: this config's data, model,
+  seed, devices and training settings, the supervised method, `model.init_steps` steps, no warm start."""
+  stage = ml_collections.ConfigDict(config.to_dict())
+  stage.name, stage.method = 'source_only', 'supervised'
+  stage.model.init_from, stage.model.init_steps, stage.seed_offset = None, 0, 0
+  stage.train.num_steps = int(config.model.init_steps)
+  stage.train.checkpoint_every_steps = stage.eval.every_steps = stage.train.num_steps
+  return stage
+
+
+def _ensure_source_stage(config: ml_collections.ConfigDict) -> None:
+  """Trains the warm-start run first when `model.init_from` names a workdir without checkpoints and
+  `model.init_steps` > 0 (the two-stage demo: source-only, then adaptation from it)."""
+  spec = config.model.get('init_from')
+  if not spec or not config.model.get('init_steps'):
+    return
+  workdir, _, _ = checkpointing.parse_init_from(spec)
+  if checkpointing.Checkpointer.has_checkpoint(workdir):
+    return
+  print(f'Stage 1: no checkpoint in {workdir} (model.init_from): training the source-only model there for '
+        f'{config.model.init_steps} steps first.')
+  train_and_evaluate(source_stage_config(config), workdir)
+  print(f'Stage 2: {config.name} from {workdir}.')
+
+
+def _warm_start(method: base.Method, state: Any, spec: str) -> Any:
+  """`state` with the segmentation variables of the run `spec` names (checked against this model)."""
+  variables, info = checkpointing.load_segmentation_variables(spec)
+  expected = method.eval_variables(state)
+  checkpointing.check_same_structure(variables, {k: expected[k] for k in variables},
+                                     f'model.init_from={spec!r} ({info["path"]})')
+  print(f'Warm start from {info["workdir"]} ({info["kind"]} checkpoint, step {info["step"]}).')
+  return method.warm_start(state, jax.tree.map(np.asarray, variables))
+
+
+def comparison_table(before: dict[str, Any], after: dict[str, Any], names: tuple[str, str]) -> str:
+  """Per-class IoU of two evaluations side by side, with the difference (both on the same split)."""
+  fmt = lambda v: '     n/a' if v is None else f'{v:8.2f}'
+  lines = [f"{before['dataset']}/{before['split']}: {before['num_images']} images",
+           f"{'class':<15}{names[0]:>14}{names[1]:>14}{'change':>9}"]
+  for name, a in before['per_class_iou'].items():
+    b = after['per_class_iou'].get(name)
+    diff = '' if a is None or b is None else f'{b - a:+9.2f}'
+    lines.append(f'{name:<15}{fmt(a):>14}{fmt(b):>14}{diff}')
+  lines.append(f"{'mIoU':<15}{before['miou']:14.2f}{after['miou']:14.2f}{after['miou'] - before['miou']:+9.2f}")
+  return '\n'.join(lines)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.method` for `config.train.num_steps` steps (resuming from `workdir`), evaluates, returns eval."""
+  """Trains `config.method` for `config.train.num_steps` steps (resuming from `workdir`), evaluates, returns eval.
+
+  With `model.init_from` a fresh run starts from that run's segmentation variables, evaluates them first
+  (`eval_init.json`) and prints both evaluations side by side at the end.
+  """
   from rtda_jax.data import builders, pipeline
   parallel.initialize_distributed()
+  check_initialisation(config)
+  _ensure_source_stage(config)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.train.batch_size, mesh)
   _write_config(config, workdir)
-  method = base.get_method(config)
-  builders.prepare(config.data)
+  method = methods.get_method(config)
+  builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))  # raw_splits: the eval.protocol's
   train_data = {d: method.train_data(d) for d in method.domains}
   for data_config, _ in train_data.values():
     if data_config is not config.data:
       builders.prepare(data_config)
 
-  root = jax.random.PRNGKey(config.seed)
-  state = method.init(jax.random.fold_in(root, _INIT), train_shapes(config))
-  shapes = train_shapes(config)
+  seed = run_seed(config)
+  root = jax.random.PRNGKey(seed)
+  state = method.init(jax.random.fold_in(root, _INIT), base.train_shapes(config))
+  shapes = base.train_shapes(config)
   iterators = {d: pipeline.train_loader(data_config, dataset, 'train', config.train.batch_size,
-                                        seed=data_seed(config.seed, d), shape=shapes[d])
+                                        seed=data_seed(seed, d), shape=shapes[d],
+                                        rare_class_sampling=d == 'source')  # data.rcs: labelled source only
                for d, (data_config, dataset) in train_data.items()}
 
   checkpointer = checkpointing.Checkpointer(workdir, config.train.max_checkpoints)
@@ -120,6 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, meta = checkpointer.restore(state, iterators)
     start, best_miou = int(meta['step']), float(meta['best_miou'])
     print(f'Resumed from {workdir} at step {start}.')
+  elif config.model.get('init_from'):
+    state = _warm_start(method, state, config.model.init_from)
   state = parallel.replicate(state, mesh)
 
   rep = parallel.replicated(mesh)
@@ -139,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save(step, best=True)
     return res
 
+  init_eval = _initial_evaluation(method, state, config, mesh, workdir, start)
   pending = None  # the previous step's metrics: checked one step late so the device is never idle
   tick, tick_step = time.perf_counter(), start
   with checkpointing.StopRequest() as stop, tqdm(total=t.num_steps, initial=start, desc=config.name,
@@ -148,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = parallel.shard_batch({d: next(it) for d, it in iterators.items()}, mesh)
       state, metrics = step_fn(state, batch)
       if pending is not None:
-        _check_finite({'loss': float(pending[1]['loss'])}, pending[0], checkpointer, workdir)
+        _check_finite(_watched(pending[1]), pending[0], checkpointer, workdir)
       pending = (step, metrics)
       bar.update(1)
       if step % t.log_every_steps == 0 or step == t.num_steps:
@@ -158,9 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         values['images_per_sec'] = (step - tick_step) * t.batch_size * len(method.domains) / (now - tick)
         tick, tick_step = now, step
         writer.scalars(step, values)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_sec']:.1f}")
+        name, value = next(iter(_watched(values).items()))
+        bar.set_postfix({name: f'{value:.4f}', 'img_s': f"{values['images_per_sec']:.1f}"})
       if step % t.checkpoint_every_steps == 0 or step == last_step or stop:
-        _check_finite({'loss': float(metrics['loss'])}, step, checkpointer, workdir)
+        _check_finite(_watched(metrics), step, checkpointer, workdir)
         save(step)
       if step % config.eval.every_steps == 0 or step == t.num_steps:
         result = run_eval(step)
@@ -172,4 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     result = run_eval(t.num_steps)
   writer.close()
   checkpointer.close()
+  if init_eval is not None and result is not None and jax.process_index() == 0:
+    print(f'Target mIoU before and after {config.name} (warm start from {config.model.init_from}):')
+    print(comparison_table(init_eval, result, ('start', f'step {result["step"]}')))
   return result

@@ -14,3 +14,16 @@ import jax  # noqa: E402
 jax.config.update('jax_compilation_cache_dir',
                   os.environ.get('RTDA_TEST_JAX_CACHE', os.path.join(os.path.dirname(__file__), '..', '.jax_cache')))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  """A tiny embedded benchmark (tests/trainer_utils.tiny_config), generated and built once per test module."""
+  from rtda_jax import app
+  from tests.trainer_utils import tiny_config
+  root = str(tmp_path_factory.mktemp('data'))
+  app.run(tiny_config(root), mode='prepare')
+  return root

@@ -48,8 +48,8 @@ def random_batch(batch_size: int, shape: tuple[int, int], seed: int = 0,
 
 def init_and_step(config, batch: dict, shape: tuple[int, int]):
   """One jitted train step of `config.method` from the state of PRNGKey(0): (method, old, new, metrics) on the host."""
-  from rtda_jax.methods import base
-  method = base.get_method(config)
+  from rtda_jax import methods
+  method = methods.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': shape, 'target': shape})
   old = jax.device_get(state)
   new, metrics = jax.jit(method.train_step)(state, batch)
@@ -60,9 +60,9 @@ def steps_on_mesh(config, num_devices: int, batch: dict, shape: tuple[int, int],
   """`num_steps` jitted, donated train steps of `config.method` on a mesh of `num_devices` (state replicated, batch
   sharded), from the state of PRNGKey(0); returns the final (state, metrics) on the host."""
   from rtda_jax import parallel
-  from rtda_jax.methods import base
+  from rtda_jax import methods
   mesh = parallel.make_mesh(num_devices)
-  method = base.get_method(config)
+  method = methods.get_method(config)
   state = parallel.replicate(method.init(jax.random.PRNGKey(0), {'source': shape, 'target': shape}), mesh)
   rep = parallel.replicated(mesh)
   step = jax.jit(method.train_step, donate_argnums=0, out_shardings=(rep, rep))
@@ -103,6 +103,7 @@ def tiny_config(data_root: str, config_name: str = 'source_only', preset: str | 
   config.train.checkpoint_every_steps = 100
   config.eval.every_steps = 1000
   config.eval.num_prediction_images = 2
+  config.model.init_from, config.model.init_steps = None, 0  # no demo warm start unless a test asks for one
   return override(config, overrides)
 
 

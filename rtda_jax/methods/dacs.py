@@ -142,8 +142,7 @@ class DACS(base.Method):
     self.augment = augment.batched(augment.build(config.train.augment))  # the source batch (DACS: none)
     self.strong = augment.batched(augment.photometric(d.augment))  # the mixed images
     self.seg_loss = supervised.segmentation_loss_fn(self)
-    t = config.train
-    self.lr_schedule = base.poly_schedule(t.learning_rate, t.num_steps, t.poly_power, t.warmup_steps)
+    self.lr_schedule = base.learning_rate_schedule(config.train)
 
   def init(self, key: jax.Array, shapes: dict[str, tuple[int, int]]) -> DACSState:
     seg_key, step_key = jax.random.split(key)
@@ -197,6 +196,11 @@ class DACS(base.Method):
                'mixed_fraction': jnp.mean(mixed['masks'].astype(jnp.float32)), 'ema_alpha': alpha,
                'lr': self.lr_schedule(state.step)}
     return state.replace(seg=seg, teacher=teacher), metrics
+
+  def warm_start(self, state: DACSState, variables: dict[str, Any]) -> DACSState:
+    """Student and teacher both start from the warm-start network (the teacher as a copy, as at init)."""
+    state = super().warm_start(state, variables)
+    return state.replace(teacher=jax.tree.map(lambda x: jnp.array(x, copy=True), state.seg.variables))
 
   def eval_variables(self, state: DACSState) -> dict[str, Any]:
     """The student, as DACS evaluates it (`evaluate(model, ...)` in trainUDA.py); the teacher only labels."""
