@@ -9,13 +9,16 @@ import ml_collections
 
 # Preset names understood by every config: the model and the scale.
 MODEL_PRESETS = ('bisenet', 'deeplabv2')
-SCALE_PRESETS = ('demo', 'paper')
+SCALE_PRESETS = ('demo', 'paper', 'course')
 
 
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'base'
   config.seed = 0
+  config.seed_offset = 0  # added to seed for initialisation and data order (the MBT members' distinct runs)
+  config.scale = 'demo'  # 'demo' (embedded benchmark, CPU) or 'paper' (set by the paper / course presets)
+  config.recipe = 'adaptsegnet'  # the reference recipe `paper` applies to DeepLab-v2 (configs set their own)
   config.method = 'supervised'
   config.num_devices = 0  # devices in the data-parallel mesh; 0 = every visible device
   config.jax_cache_dir = ''  # persistent XLA compilation cache; '' = <data.root>/jax_cache, 'none' = off
@@ -70,7 +73,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Warm start: WORKDIR[:best|last|STEP] of any earlier run; its segmentation variables (not its optimiser or step)
   # initialise this run. None = random / `pretrained` initialisation.
   model.init_from = ml_collections.FieldReference(None, field_type=str)
+  model.init_steps = 0  # >0: when init_from names a run without checkpoints, train it first (source-only, N steps)
   model.allow_random_init = False  # `paper` presets stop without `pretrained` / `init_from` unless this is True
+  model.pretrained_hint = ''  # the weight file a `paper` preset expects (set by the presets; shown in the error)
 
   # ---- training ---------------------------------------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
@@ -85,6 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.momentum = 0.9
   train.weight_decay = 1e-4
   train.poly_power = 0.9
+  train.schedule_steps = 0  # horizon T of the poly decay (the references decay over T, stop at num_steps); 0 = num_steps
   train.warmup_steps = 0
   train.loss = 'ce'  # ce | ohem | focal | ce_focal | dice
   train.aux_weight = 1.0  # weight of each auxiliary head's loss
@@ -118,8 +124,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   bench.models = ()  # model names; empty = device default (GPU: bisenet and deeplabv2; CPU: config.model.name)
   bench.methods = ('supervised', 'adversarial')  # training steps to time; () = forward only
   bench.train_batch_size = 0  # per domain; 0 = train.batch_size (at most 2 on CPU)
+  bench.adv = adversarial_defaults()  # the adversarial step's settings where the config has no `adv`
 
   return config
+
+
+def adversarial_defaults() -> ml_collections.ConfigDict:
+  """AdaptSegNet's settings (`config.adv`): configs/adv.py uses them, and --mode=benchmark times the adversarial
+  step with them (`config.benchmark.adv`) when a config has no `adv` of its own."""
+  adv = ml_collections.ConfigDict()
+  adv.level = 'single'  # single | multi | feature
+  adv.discriminator = 'fc'  # fc (AdaptSegNet) | light (depthwise-separable)
+  adv.gan = 'bce'  # bce | ls
+  adv.lambda_adv = 0.001  # weight of the adversarial term on the main output (or the features)
+  adv.lambda_adv_aux = 0.0002  # multi-level: weight on each auxiliary output
+  adv.disc_learning_rate = 1e-4
+  adv.disc_betas = (0.9, 0.99)
+  adv.warmup_steps = 0  # segmentation-only steps before the adversarial term switches on
+  return adv
 
 
 def split_preset(arg: str | None) -> list[str]:
@@ -129,8 +151,17 @@ def split_preset(arg: str | None) -> list[str]:
   return [p for p in arg.replace(':', ',').split(',') if p]
 
 
-# Images in the real datasets' training splits, to turn epochs into steps for the paper presets.
+# Images in the real datasets' training splits, to turn epochs into steps for the course preset.
 REAL_TRAIN_IMAGES = {'gta5': 24966, 'cityscapes': 2975}
+
+# Initial weights the `paper` / `course` presets expect in model.pretrained (see README "Initial weights"). The
+# checksum is the one published in each file's name (torch.hub's convention: the first 8 hex digits of its SHA-256).
+PRETRAINED_WEIGHTS = {
+    'resnet18': 'resnet18-f37072fd.pth (torchvision ImageNet ResNet-18, 44.7 MB)',
+    'resnet101': 'resnet101-63fe2227.pth (torchvision ImageNet ResNet-101, 170.5 MB)',
+    'deeplab_imagenet': 'DeepLab_resnet_pretrained_init-f81d91e8.pth (the DeepLab-v2 init of AdaptSegNet and FDA)',
+    'deeplab_coco': 'resnet101COCO-41f33a49.pth (the MS-COCO DeepLab-v2 init of DACS)',
+}
 
 
 def apply_model_preset(config: ml_collections.ConfigDict, name: str) -> None:
@@ -140,53 +171,124 @@ def apply_model_preset(config: ml_collections.ConfigDict, name: str) -> None:
     config.train.learning_rate = 2.5e-2
     config.train.weight_decay = 1e-4
     config.train.head_lr_mult = 1.0
+    config.model.pretrained_hint = PRETRAINED_WEIGHTS['resnet18']
   elif name == 'deeplabv2':
     config.train.learning_rate = 2.5e-4
     config.train.weight_decay = 5e-4
     config.train.head_lr_mult = 10.0
+    config.model.bn_mode = 'batch'  # the references: BN affine frozen, batch statistics in training
+    config.model.pretrained_hint = PRETRAINED_WEIGHTS['deeplab_imagenet']
   else:
     raise ValueError(f'Unknown model preset {name!r}; choose one of {MODEL_PRESETS}.')
 
 
-def apply_scale_preset(config: ml_collections.ConfigDict, name: str) -> None:
-  """The scale preset: 'demo' (embedded benchmark, CPU) or 'paper' (course settings on the real datasets)."""
-  if name == 'demo':
-    return  # the base config is the demo scale
-  if name != 'paper':
-    raise ValueError(f'Unknown scale preset {name!r}; choose one of {SCALE_PRESETS}.')
+def _real_data(config: ml_collections.ConfigDict, gta5_hw: tuple[int, int], cityscapes_hw: tuple[int, int]) -> None:
+  """Stored sizes of the real datasets, the real-data logging/checkpoint cadence and the `paper` scale flag."""
+  config.scale = 'paper'
   data = config.data
-  data.gta5_size = (720, 1280)
-  data.cityscapes_size = (512, 1024)
-  data.source_train_size = (720, 1280) if data.source == 'gta5' else (512, 1024)
-  data.target_train_size = (512, 1024)
+  data.gta5_size, data.cityscapes_size = gta5_hw, cityscapes_hw
   data.num_workers = 8
-  config.train.batch_size = 8
-  epochs = 50
-  config.train.num_steps = epochs * REAL_TRAIN_IMAGES[data.source] // config.train.batch_size
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 2000
   config.eval.every_steps = 5000
 
 
-def apply_realtime_course(config: ml_collections.ConfigDict) -> None:
-  """The real-time adaptation course setting (after `paper`): random 512x1024 crops of both domains, batch 2,
-  segmentation lr 2.5e-4 x batch, 50 epochs of GTA5."""
-  config.train.batch_size = 2
-  config.data.resize_mode = 'crop'
+def apply_adaptsegnet_recipe(config: ml_collections.ConfigDict) -> None:
+  """AdaptSegNet (train_gta2cityscapes_multi.py l.27-53): batch 1; GTA5 resized to 1280x720 and Cityscapes to
+  1024x512, no crop, no augmentation; SGD 2.5e-4 (x10 classifiers), momentum 0.9, weight decay 5e-4, poly 0.9 over
+  250k steps stopped at 150k; evaluated at 1024x512 against the full-resolution labels, align_corners=True."""
+  _real_data(config, (720, 1280), (512, 1024))
+  t, data = config.train, config.data
+  data.resize_mode = 'resize'
+  data.source_train_size = (720, 1280) if data.source == 'gta5' else (512, 1024)
+  data.target_train_size = (512, 1024)
+  t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.poly_power = 1, 2.5e-4, 0.9, 5e-4, 0.9
+  t.schedule_steps, t.num_steps = 250_000, 150_000
+  t.augment = 'none'
+  config.model.align_corners = True
+  config.eval.protocol, config.eval.input_size, config.eval.align_corners = 'adaptsegnet', (512, 1024), True
+
+
+def apply_fda_recipe(config: ml_collections.ConfigDict) -> None:
+  """FDA (options/train_options.py l.24-31, data/__init__.py l.10): batch 1; GTA5 resized to 1280x720 and randomly
+  cropped to 1024x512, Cityscapes resized to 1024x512; SGD 2.5e-4, poly 0.9 over 150k steps stopped at 100k;
+  evaluated as AdaptSegNet."""
+  apply_adaptsegnet_recipe(config)
+  config.data.resize_mode = 'crop'  # the Cityscapes images are stored at the crop size: their crop is the image
   config.data.source_train_size = (512, 1024)
-  config.data.target_train_size = (512, 1024)
-  config.train.learning_rate = 2.5e-4 * config.train.batch_size
-  config.train.num_steps = 50 * REAL_TRAIN_IMAGES['gta5'] // config.train.batch_size
+  config.train.schedule_steps, config.train.num_steps = 150_000, 100_000
 
 
-def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies 'model[,scale]' presets (either order, ':' or ',' separated). Returns the config."""
-  for preset in split_preset(arg):
-    if preset in MODEL_PRESETS:
-      apply_model_preset(config, preset)
-    elif preset in SCALE_PRESETS:
-      apply_scale_preset(config, preset)
-    else:
-      raise ValueError(f'Unknown preset {preset!r} for config {config.name!r}; known: '
-                       f'{MODEL_PRESETS + SCALE_PRESETS}.')
+def apply_dacs_recipe(config: ml_collections.ConfigDict) -> None:
+  """DACS (configs/configUDA.json l.6-38): batch 2, 512x512 random crops of GTA5 at 1280x720 and Cityscapes at
+  1024x512, SGD 2.5e-4 (x10 classifiers), poly 0.9 over 250k iterations, MS-COCO init; evaluated at 512x1024,
+  align_corners=True."""
+  _real_data(config, (720, 1280), (512, 1024))
+  t, data = config.train, config.data
+  data.resize_mode = 'crop'
+  data.source_train_size = data.target_train_size = (512, 512)
+  t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.poly_power = 2, 2.5e-4, 0.9, 5e-4, 0.9
+  t.schedule_steps = t.num_steps = 250_000
+  config.model.align_corners = True
+  config.model.pretrained_hint = PRETRAINED_WEIGHTS['deeplab_coco']
+  config.eval.protocol, config.eval.input_size, config.eval.align_corners = 'dacs', (512, 1024), True
+
+
+def apply_course_recipe(config: ml_collections.ConfigDict) -> None:
+  """The real-time course setting (REFERENCES.md, "Course setting for BiSeNet"), one recipe for every config so a
+  course table compares like with like: GTA5 stored at 720x1280, Cityscapes at 512x1024, random 512x1024 crops,
+  batch 2, SGD lr 2.5e-4 x batch, poly 0.9, 50 epochs of the training domain; discriminators (adv.py) at
+  1e-4 x batch; scored at the stored 512x1024 labels."""
+  _real_data(config, (720, 1280), (512, 1024))
+  t, data = config.train, config.data
+  data.resize_mode = 'crop'
+  data.source_train_size = data.target_train_size = (512, 1024)
+  t.batch_size = 2
+  t.learning_rate = 2.5e-4 * t.batch_size
+  t.schedule_steps = t.num_steps = 50 * REAL_TRAIN_IMAGES[data.source] // t.batch_size
+  config.eval.protocol = 'stored'
+
+
+# The demo's two stages (protocol v2 of the results table in miniature): a source-only model trained for
+# DEMO_SOURCE_STEPS steps in runs/source_only (trained by the first adaptation run that needs it), then each method
+# adapts it for DEMO_ADAPT_STEPS steps.
+DEMO_SOURCE_STEPS = 300
+DEMO_ADAPT_STEPS = 150
+DEMO_SOURCE_WORKDIR = 'runs/source_only'
+
+
+def apply_warm_start_demo(config: ml_collections.ConfigDict) -> None:
+  """At the demo scale, an adaptation config starts from the source-only run (training it first if missing)."""
+  if config.scale != 'demo':
+    return
+  config.model.init_from = DEMO_SOURCE_WORKDIR
+  config.model.init_steps = DEMO_SOURCE_STEPS
+  config.train.num_steps = DEMO_ADAPT_STEPS
+  config.train.checkpoint_every_steps = config.eval.every_steps = DEMO_ADAPT_STEPS
+
+
+def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
+                  own: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """Applies the shared presets of 'a,b,...' (either order, ':' or ',' separated): the model first, then the scale
+  (`paper`: `recipe`, the config's reference recipe for DeepLab-v2, the course recipe for BiSeNet; `course`: the
+  course recipe for BiSeNet). `own` are the config's own preset names, which this skips (the config applies them).
+  The config sets `recipe` before calling. Returns the config."""
+  presets = split_preset(arg)
+  unknown = [p for p in presets if p not in MODEL_PRESETS + SCALE_PRESETS + tuple(own)]
+  if unknown:
+    raise ValueError(f'Unknown preset {unknown[0]!r} for config {config.name!r}; its presets: '
+                     f'{", ".join(tuple(own) + MODEL_PRESETS + SCALE_PRESETS)}.')
+  if 'course' in presets and 'deeplabv2' not in presets:
+    apply_model_preset(config, 'bisenet')
+  for p in presets:
+    if p in MODEL_PRESETS:
+      apply_model_preset(config, p)
+  if 'course' in presets or ('paper' in presets and config.model.name == 'bisenet'):
+    apply_course_recipe(config)
+  elif 'paper' in presets:
+    RECIPES[config.recipe](config)
   return config
+
+
+RECIPES = {'adaptsegnet': apply_adaptsegnet_recipe, 'fda': apply_fda_recipe, 'dacs': apply_dacs_recipe,
+           'course': apply_course_recipe}

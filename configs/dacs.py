@@ -1,8 +1,8 @@
 """DACS (cross-domain mixed sampling with a mean teacher) GTA5 -> Cityscapes.
 
-Presets: `configs/dacs.py:bisenet` (default, embedded benchmark), `:deeplabv2`, `:paper` (DACS's setting on the real
-datasets at the real-time course resolution: SGD lr 2.5e-4, batch 2, 512x512 random crops of GTA5 at 720x1280 and
-Cityscapes at 512x1024, 250k iterations), combinable (`:deeplabv2,paper`).
+Presets: `configs/dacs.py:bisenet` (default, embedded benchmark), `:deeplabv2`, `:paper` (DeepLab-v2: DACS's recipe,
+see common.apply_dacs_recipe: SGD lr 2.5e-4, batch 2, 512x512 random crops of GTA5 at 1280x720 and Cityscapes at
+1024x512, 250k iterations, MS-COCO init; BiSeNet: the course recipe), `:course`, combinable (`:deeplabv2,paper`).
 
 How this follows the reference code (vikolss/DACS at fc44a74: `trainUDA.py`, `configs/configUDA.json`, `utils/`),
 where the paper's text is less precise:
@@ -18,8 +18,8 @@ where the paper's text is less precise:
   the student (l.111-122, called after optimizer.step() at l.511). DACS averages `parameters()` only; the teacher's
   BatchNorm running statistics are its own and unused (it stays in train mode, l.265, and normalises each target
   batch with that batch's statistics). Here the teacher keeps an EMA of the student's running statistics too, and
-  labels in eval mode (`dacs.teacher_bn = 'running'`); `'batch'` gives DACS's train-mode BatchNorm instead. (This
-  project's DeepLab-v2 freezes its BatchNorm statistics, so the two agree there.)
+  labels in eval mode (`dacs.teacher_bn = 'running'`); `'batch'` gives DACS's train-mode BatchNorm instead. (They agree
+  only where BatchNorm ignores batch statistics: `model.bn_mode='frozen'`.)
 - Strong augmentation of the mixed images: colour jitter p=0.8, Gaussian blur p=0.5 (`augment.PRESETS['strong']`).
   DACS draws the two on/off gates once per step for both images (l.444-450); here each image draws its own. No flip
   (configUDA.json "flip": false). Source images get `train.augment` ('none', as DACS); the target batch none.
@@ -35,6 +35,7 @@ def get_config(arg=None):
   config = common.get_base_config()
   config.name = 'dacs'
   config.method = 'dacs'
+  config.recipe = 'dacs'
   config.data.source = 'gta5'
   config.data.target = 'cityscapes'
 
@@ -47,15 +48,6 @@ def get_config(arg=None):
   d.augment = 'strong'  # photometric augmentation of the mixed images (rtda_jax/augment.py)
   d.teacher_bn = 'running'  # running: teacher in eval mode with EMA statistics | batch: DACS's train-mode BatchNorm
 
-  presets = common.split_preset(arg)
   common.apply_presets(config, arg)
-  if 'paper' in presets:
-    # DACS's setting (configUDA.json): SGD lr 2.5e-4 (x10 on DeepLab-v2's classifier), momentum 0.9, poly 0.9,
-    # batch 2, 512x512 random crops, 250k iterations; on images at the course resolution set by common's preset.
-    config.train.batch_size = 2
-    config.train.learning_rate = 2.5e-4
-    config.data.resize_mode = 'crop'
-    config.data.source_train_size = (512, 512)
-    config.data.target_train_size = (512, 512)
-    config.train.num_steps = 250_000
+  common.apply_warm_start_demo(config)
   return config

@@ -5,7 +5,10 @@ Presets (combinable with ','):
 - `mbt`: `--mode=pseudolabel` settings: ensemble of `mbt.workdirs` (default the three beta runs), evaluated on the
   target val split, and pseudo-labels of the target train split written to <data.root>/pseudo/<mbt.name>/.
 - `selftrain`: FDA plus CE on the pseudo-labels of `selftrain.pseudo_dir` (default <data.root>/pseudo/<mbt.name>).
-- `deeplabv2` (DeepLab-v2 ResNet-101, FDA's network), `paper` (the real-time course setting on the real datasets).
+- `deeplabv2` (DeepLab-v2 ResNet-101, FDA's network), `paper` (DeepLab-v2: FDA's recipe, see
+  common.apply_fda_recipe; BiSeNet: the course recipe), `course` (BiSeNet, the course recipe).
+Each beta is its own run with its own seed (`seed_offset` 0 / 1 / 2 for b001 / b005 / b009), so the MBT members differ
+in initialisation and data order as FDA's three independent trainings do.
 """
 
 import re
@@ -15,6 +18,7 @@ import ml_collections
 from configs import common
 
 FDA_PRESETS = ('mbt', 'selftrain')
+BETA_SEED_OFFSETS = {0.01: 0, 0.05: 1, 0.09: 2}  # the MBT members are independent runs
 _BETA = (re.compile(r'^b(\d{3})$'), re.compile(r'^beta(\d*\.?\d+)$'))
 
 
@@ -35,6 +39,7 @@ def beta_tag(beta: float) -> str:
 def get_config(arg=None):
   config = common.get_base_config()
   config.method = 'fda'
+  config.recipe = 'fda'
   config.data.source = 'gta5'
   config.data.target = 'cityscapes'
 
@@ -67,11 +72,12 @@ def get_config(arg=None):
   presets = common.split_preset(arg)
   betas = [b for b in map(parse_beta, presets) if b is not None]
   ours = [p for p in presets if p in FDA_PRESETS or parse_beta(p) is not None]
-  common.apply_presets(config, ','.join(p for p in presets if p not in ours))
+  common.apply_presets(config, ','.join(p for p in presets if p not in ours), own=FDA_PRESETS + ('b001', 'b005', 'b009'))
   if len(betas) > 1:
     raise ValueError(f'Config fda.py got several betas {betas}; choose one preset of b001, b005, b009.')
   if betas:
     fda.beta = betas[0]
+    config.seed_offset = BETA_SEED_OFFSETS.get(round(fda.beta, 4), 0)
 
   family = 'fda' + ('_deeplabv2' if config.model.name == 'deeplabv2' else '')
   mbt.name = f'{family}_mbt'
@@ -84,7 +90,5 @@ def get_config(arg=None):
     config.name += '_st'
     st.pseudo_dir = config.data.get_ref('root') + f'/pseudo/{mbt.name}'  # follows --config.data.root
 
-  if 'paper' in presets:
-    # The real-time course setting, as configs/adv.py: crop 1024x512 in both domains, batch 2, lr 2.5e-4 x batch.
-    common.apply_realtime_course(config)
+  common.apply_warm_start_demo(config)
   return config

@@ -1,6 +1,7 @@
 """Supervised on Cityscapes (the oracle / preliminary analysis): train and evaluate on the target domain.
 
-Presets: `configs/oracle.py:bisenet` (default), `:deeplabv2`, `:paper`, combinable (`:deeplabv2,paper`).
+Presets: `configs/oracle.py:bisenet` (default), `:deeplabv2`, `:paper` (DeepLab-v2: AdaptSegNet's recipe without
+the discriminators; BiSeNet: the course recipe), `:course`, combinable (`:deeplabv2,paper`).
 """
 
 from configs import common

@@ -1,6 +1,7 @@
 """GTA5 -> Cityscapes without adaptation: train on the labelled source, evaluate on the target.
 
-Presets: `configs/source_only.py:bisenet` (default), `:deeplabv2`, `:paper`, combinable (`:deeplabv2,paper`).
+Presets: `configs/source_only.py:bisenet` (default), `:deeplabv2`, `:paper` (DeepLab-v2: AdaptSegNet's recipe without
+the discriminators; BiSeNet: the course recipe), `:course`, combinable (`:deeplabv2,paper`).
 """
 
 from configs import common

@@ -47,6 +47,9 @@ def adapted_levels(config: ml_collections.ConfigDict) -> list[tuple[str, float]]
   if adv.level == 'single':
     return [('logits', adv.lambda_adv)]
   if adv.level == 'multi':
+    if config.model.name == 'deeplabv2' and not config.model.get('multi_level'):
+      raise ValueError("config.adv.level='multi' with DeepLab-v2 needs its layer3 classifier: set "
+                       '--config.model.multi_level=True (the preset configs/adv.py:deeplabv2,multilevel does).')
     num_aux = 1 if config.model.name == 'deeplabv2' else 2
     return [('logits', adv.lambda_adv)] + [(f'aux{i}', adv.lambda_adv_aux) for i in range(num_aux)]
   if adv.level == 'feature':
@@ -64,7 +67,8 @@ def level_input(outputs: dict[str, Any], level: str) -> jax.Array:
 
 def discriminator_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   adv = config.adv
-  schedule = base.poly_schedule(adv.disc_learning_rate, config.train.num_steps, config.train.poly_power)
+  schedule = base.poly_schedule(adv.disc_learning_rate, base.schedule_horizon(config.train),
+                                config.train.poly_power)
   return optax.adam(schedule, b1=adv.disc_betas[0], b2=adv.disc_betas[1])
 
 
@@ -78,8 +82,7 @@ class Adversarial(base.Method):
     self.augment = augment.batched(augment.build(config.train.augment))
     self.seg_loss = supervised.segmentation_loss_fn(self)
     self.gan = config.adv.gan
-    t = config.train
-    self.lr_schedule = base.poly_schedule(t.learning_rate, t.num_steps, t.poly_power, t.warmup_steps)
+    self.lr_schedule = base.learning_rate_schedule(config.train)
 
   def init(self, key: jax.Array, shapes: dict[str, tuple[int, int]]) -> AdversarialState:
     seg_key, disc_key, step_key = jax.random.split(key, 3)

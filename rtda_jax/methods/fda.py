@@ -138,8 +138,7 @@ class FDA(base.Method):
     st = config.get('selftrain')
     self.pseudo_dir = st.pseudo_dir if st is not None else None
     self.pseudo_weight = float(st.pseudo_weight) if st is not None else 0.0
-    t = config.train
-    self.lr_schedule = base.poly_schedule(t.learning_rate, t.num_steps, t.poly_power, t.warmup_steps)
+    self.lr_schedule = base.learning_rate_schedule(config.train)
 
   def train_data(self, domain: str) -> tuple[ml_collections.ConfigDict, str]:
     if domain == 'target' and self.pseudo_dir:

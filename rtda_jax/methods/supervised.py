@@ -65,8 +65,7 @@ class Supervised(base.Method):
     super().__init__(config)
     self.augment = augment.batched(augment.build(config.train.augment))
     self.seg_loss = segmentation_loss_fn(self)
-    t = config.train
-    self.lr_schedule = base.poly_schedule(t.learning_rate, t.num_steps, t.poly_power, t.warmup_steps)
+    self.lr_schedule = base.learning_rate_schedule(config.train)
 
   def init(self, key: jax.Array, shapes: dict[str, tuple[int, int]]) -> SupervisedState:
     init_key, step_key = jax.random.split(key)
