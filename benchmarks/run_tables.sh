@@ -1,37 +1,60 @@
 #!/usr/bin/env bash
-# Runs the rows of the results table (benchmarks/RESULTS.md, "Adaptation on the embedded benchmark") one after the
-# other, each in runs/table/<row>_s<seed>, and logs the wall time of each. A row whose eval.json exists is skipped,
-# so the script can be stopped and started again. Summarise with `python benchmarks/summarize_tables.py`.
+# Protocol v2 of the results table (benchmarks/RESULTS.md, "Protocol v2"): per seed, one source-only stage of N0
+# steps; every row then starts from that checkpoint (--config.model.init_from) and trains N1 steps with its
+# reference hyper-parameters; AdaBN is the control; the oracle trains N0 + N1 steps on the target.
+# Each run goes to runs/table_v2/<row>_s<seed> with its wall time in wall.json; a run whose eval.json exists is
+# skipped, so the script can be stopped and started again. Summarise with `python benchmarks/summarize_tables.py`.
 #
-#   bash benchmarks/run_tables.sh "0 1 2" source_only adv_single ...     # seeds, then rows (default: every row)
+#   bash benchmarks/run_tables.sh "0 1 2" stage adabn adv_single ...     # seeds, then rows (default: every row)
+#   N0=1000 N1=200 OUT=runs/table_v2 bash benchmarks/run_tables.sh         # the defaults
 #
-# Every row uses its config's demo defaults (BiSeNet from scratch, 128x256, batch 4 per domain, 200 steps) and only
-# changes what the row name says. The fda_mbt and fda_mbt_st rows need the three fda_b0xx rows of the same seed.
+# Rows needing other rows of the same seed: fda_mbt* need fda_b001/b005/b009; fda_*_st need their fda_mbt*.
 set -u
 cd "$(dirname "$0")/.."
 SEEDS=${1:-"0 1 2"}
 shift || true
-ROWS=${*:-"source_only source_only_light source_only_strong oracle adv_single adv_multi adv_feature adv_lambda0 adv_lambda001 fda_b001 fda_b005 fda_b009 fda_mbt fda_mbt_st dacs"}
-OUT=runs/table
+ROWS=${*:-"stage adabn source_cont adv_single fda_b001 dacs oracle adv_lambda0 aug_light aug_strong adv_multi
+adv_feature fda_b005 fda_b009 fda_mbt fda_mbt_st fda_mbt_cbst fda_mbt_cbst_st fda_mbt_agree fda_mbt_agree_st
+dacs_rcs source_cont_rcs adv_l0002 adv_l005 dacs_t090"}
+N0=${N0:-1000}
+N1=${N1:-200}
+OUT=${OUT:-runs/table_v2}
 mkdir -p "$OUT"
 
 row_args() {  # row seed -> the main.py arguments of that row
   local row=$1 s=$2
+  local warm="--config.model.init_from=$OUT/stage_s$s --config.model.init_steps=0"
+  local n1="$warm --config.train.num_steps=$N1 --config.train.checkpoint_every_steps=$N1 --config.eval.every_steps=$N1"
+  local members="$OUT/fda_b001_s$s,$OUT/fda_b005_s$s,$OUT/fda_b009_s$s"
   case $row in
-    source_only) echo "--config=configs/source_only.py" ;;
-    source_only_light) echo "--config=configs/source_only.py --config.train.augment=light" ;;
-    source_only_strong) echo "--config=configs/source_only.py --config.train.augment=strong" ;;
-    oracle) echo "--config=configs/oracle.py" ;;
-    adv_single) echo "--config=configs/adv.py" ;;
-    adv_lambda0) echo "--config=configs/adv.py --config.adv.lambda_adv=0" ;;  # ablation: target batches, no adversarial term
-    adv_lambda001) echo "--config=configs/adv.py --config.adv.lambda_adv=0.01" ;;  # 10x the reference lambda
-    adv_multi) echo "--config=configs/adv.py:multilevel" ;;
-    adv_feature) echo "--config=configs/adv.py:feature" ;;
-    fda_b001|fda_b005|fda_b009) echo "--config=configs/fda.py:${row#fda_}" ;;
-    fda_mbt) echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=fda_mbt_s$s" \
-                  "--config.mbt.workdirs=$OUT/fda_b001_s$s,$OUT/fda_b005_s$s,$OUT/fda_b009_s$s" ;;
-    fda_mbt_st) echo "--config=configs/fda.py:b001,selftrain --config.selftrain.pseudo_dir=data/pseudo/fda_mbt_s$s" ;;
-    dacs) echo "--config=configs/dacs.py" ;;
+    stage) echo "--config=configs/source_only.py --config.train.num_steps=$N0 --config.train.checkpoint_every_steps=$N0" \
+                "--config.eval.every_steps=$N0" ;;
+    oracle) local n=$((N0 + N1))
+            echo "--config=configs/oracle.py --config.train.num_steps=$n --config.train.checkpoint_every_steps=$n" \
+                 "--config.eval.every_steps=$n" ;;
+    adabn) echo "--config=configs/adabn.py $warm" ;;  # one epoch of target batches, no gradient
+    source_cont) echo "--config=configs/source_only.py $n1" ;;
+    source_cont_rcs) echo "--config=configs/source_only.py $n1 --config.data.rcs.enabled=True" ;;
+    aug_light) echo "--config=configs/source_only.py $n1 --config.train.augment=light" ;;
+    aug_strong) echo "--config=configs/source_only.py $n1 --config.train.augment=strong" ;;
+    adv_single) echo "--config=configs/adv.py $n1" ;;
+    adv_lambda0) echo "--config=configs/adv.py $n1 --config.adv.lambda_adv=0" ;;  # target batches, no adversarial term
+    adv_l0002) echo "--config=configs/adv.py $n1 --config.adv.lambda_adv=0.0002" ;;  # sweep of the main weight
+    adv_l005) echo "--config=configs/adv.py $n1 --config.adv.lambda_adv=0.005" ;;
+    adv_multi) echo "--config=configs/adv.py:multilevel $n1" ;;
+    adv_feature) echo "--config=configs/adv.py:feature $n1" ;;
+    fda_b001|fda_b005|fda_b009) echo "--config=configs/fda.py:${row#fda_} $n1" ;;  # the beta sweep
+    fda_mbt) echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=mbt_fda_s$s --config.mbt.workdirs=$members" ;;
+    fda_mbt_cbst) echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=mbt_cbst_s$s" \
+                       "--config.mbt.workdirs=$members --config.mbt.rule=cbst --config.mbt.cbst_portion=0.2" ;;
+    fda_mbt_agree) echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=mbt_agree_s$s" \
+                        "--config.mbt.workdirs=$members --config.mbt.rule=agreement" ;;
+    fda_mbt_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_fda_s$s" ;;
+    fda_mbt_cbst_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_cbst_s$s" ;;
+    fda_mbt_agree_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_agree_s$s" ;;
+    dacs) echo "--config=configs/dacs.py $n1" ;;
+    dacs_rcs) echo "--config=configs/dacs.py $n1 --config.data.rcs.enabled=True" ;;
+    dacs_t090) echo "--config=configs/dacs.py $n1 --config.dacs.confidence_threshold=0.9" ;;  # threshold sweep
     *) echo "unknown row $row" >&2; return 1 ;;
   esac
 }

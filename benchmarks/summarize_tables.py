@@ -1,8 +1,10 @@
 """Summarises the runs of benchmarks/run_tables.sh: one Markdown row per method, mean and sample standard deviation
-of the target mIoU over seeds, each seed's value, the share of the source-only -> oracle gap won back, and the
+of the target mIoU over seeds, each seed's value, the gain over the control (AdaBN, protocol v2) as the mean and
+standard deviation of the per-seed paired difference, the share of the source-only -> oracle gap won back, and the
 mean wall time.
 
-  python benchmarks/summarize_tables.py [runs/table] [--per-class]
+  python benchmarks/summarize_tables.py [runs/table_v2] [--per-class]
+  python benchmarks/summarize_tables.py runs/table --control= --low=source_only     # protocol v1 (no control)
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from rtda_jax import labels  # noqa: E402
 
-ROW_ORDER = ('source_only', 'source_only_light', 'source_only_strong', 'adv_single', 'adv_multi', 'adv_feature',
-             'adv_lambda0', 'adv_lambda001', 'fda_b001', 'fda_b005', 'fda_b009', 'fda_mbt', 'fda_mbt_st', 'dacs', 'oracle')
+ROW_ORDER = ('stage', 'source_cont', 'adabn', 'aug_light', 'aug_strong', 'source_cont_rcs', 'adv_single',
+             'adv_lambda0', 'adv_l0002', 'adv_l005', 'adv_multi', 'adv_feature', 'fda_b001', 'fda_b005', 'fda_b009',
+             'fda_mbt', 'fda_mbt_st', 'fda_mbt_cbst', 'fda_mbt_cbst_st', 'fda_mbt_agree', 'fda_mbt_agree_st', 'dacs',
+             'dacs_rcs', 'dacs_t090', 'oracle',
+             # protocol v1 (runs/table)
+             'source_only', 'source_only_light', 'source_only_strong', 'adv_multi', 'adv_lambda001', 'fda_mbt_st')
 
 
 def load(root: str) -> dict[str, dict[int, dict]]:
@@ -59,20 +65,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('root', nargs='?', default='runs/table')
+  parser.add_argument('root', nargs='?', default='runs/table_v2')
+  parser.add_argument('--control', default='adabn', help="row the gains are paired against ('' = none)")
+  parser.add_argument('--low', default='source_cont', help='row at 0%% of the gap')
+  parser.add_argument('--high', default='oracle', help='row at 100%% of the gap')
   parser.add_argument('--per-class', action='store_true', help='also print the per-class IoU means')
   args = parser.parse_args()
   runs = load(args.root)
   if not runs:
     sys.exit(f'No finished runs (eval.json) under {args.root!r}; run benchmarks/run_tables.sh first.')
   miou = {row: [r['eval']['miou'] for _, r in sorted(seeds.items())] for row, seeds in runs.items()}
-  low = statistics.fmean(miou['source_only']) if 'source_only' in miou else None
-  high = statistics.fmean(miou['oracle']) if 'oracle' in miou else None
-  rows = [r for r in ROW_ORDER if r in runs] + sorted(set(runs) - set(ROW_ORDER))
+  low = statistics.fmean(miou[args.low]) if args.low in miou else None
+  high = statistics.fmean(miou[args.high]) if args.high in miou else None
+  rows = list(dict.fromkeys(r for r in ROW_ORDER if r in runs)) + sorted(set(runs) - set(ROW_ORDER))
+  control = runs.get(args.control, {}) if args.control else {}
 
-  print('| row | seeds | target mIoU (mean ± std) | per seed | gap won back | train images/s | wall (s, mean) |')
-  print('|---|---|---|---|---|---|---|')
+  print('| row | seeds | target mIoU (mean ± std) | per seed | gain over control (mean ± std) | gap won back | '
+        'train images/s | wall (s, mean) |')
+  print('|---|---|---|---|---|---|---|---|')
   for row in rows:
+    paired = [runs[row][k]['eval']['miou'] - control[k]['eval']['miou'] for k in sorted(runs[row]) if k in control]
+    if paired and row != args.control:
+      dm, ds = mean_std(paired)
+      gain = f'{dm:+.2f} ± {ds:.2f} ({len(paired)})'
+    else:
+      gain = '-'
+
     m, s = mean_std(miou[row])
     seeds = sorted(runs[row])
     per_seed = ', '.join(f's{k}: {runs[row][k]["eval"]["miou"]:.2f}' for k in seeds)
@@ -81,7 +99,7 @@ def main() -> None:
     wall = f'{statistics.fmean(walls):.0f}' if walls else '-'
     speeds = [r['images_per_sec'] for r in runs[row].values() if r['images_per_sec'] is not None]
     speed = f'{statistics.fmean(speeds):.1f}' if speeds else '-'
-    print(f'| {row} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | {gap} | {speed} | {wall} |')
+    print(f'| {row} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | {gain} | {gap} | {speed} | {wall} |')
 
   if args.per_class:
     names = [label.name for label in labels.TRAIN_LABELS]
