@@ -13,4 +13,7 @@ def get_config(arg=None):
   config.method = 'supervised'
   config.data.source = 'gta5'
   config.data.target = 'cityscapes'
-  return common.apply_presets(config, arg)
+  common.apply_presets(config, arg)
+  if config.scale == 'demo':  # the first stage of the demo: the run the adaptation configs start from
+    config.train.num_steps = config.train.checkpoint_every_steps = config.eval.every_steps = common.DEMO_SOURCE_STEPS
+  return config

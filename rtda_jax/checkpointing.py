@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from typing import Any
 
 import jax
@@ -135,7 +136,10 @@ def load_segmentation_variables(spec: str) -> tuple[dict[str, Any], dict[str, An
   elif step not in steps:
     raise FileNotFoundError(f'model.init_from={spec!r}: no checkpoint of step {step} in {root}; it has {steps}.')
   path = os.path.join(root, str(step), 'state')
-  with ocp.PyTreeCheckpointer() as ckpt:
+  with ocp.PyTreeCheckpointer() as ckpt, warnings.catch_warnings():
+    # Restored as host arrays (the trainer places them on its own mesh): orbax's "sharding info not provided"
+    # warning does not apply.
+    warnings.filterwarnings('ignore', message='Sharding info not provided')
     tree = ckpt.restore(path)
   seg = tree.get('seg') if isinstance(tree, dict) else None
   if not isinstance(seg, dict) or 'params' not in seg:
