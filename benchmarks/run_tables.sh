@@ -9,6 +9,8 @@
 #   N0=1000 N1=200 OUT=runs/table_v2 bash benchmarks/run_tables.sh         # the defaults
 #
 # Rows needing other rows of the same seed: fda_mbt* need fda_b001/b005/b009; fda_*_st need their fda_mbt*.
+# <row>_bn (e.g. adv_single_bn) is AdaBN applied to that row's final model: its BatchNorm statistics re-estimated on
+# the target, which separates what a method did to the weights from what target batches did to the statistics.
 set -u
 cd "$(dirname "$0")/.."
 SEEDS=${1:-"0 1 2"}
@@ -55,6 +57,7 @@ row_args() {  # row seed -> the main.py arguments of that row
     dacs) echo "--config=configs/dacs.py $n1" ;;
     dacs_rcs) echo "--config=configs/dacs.py $n1 --config.data.rcs.enabled=True" ;;
     dacs_t090) echo "--config=configs/dacs.py $n1 --config.dacs.confidence_threshold=0.9" ;;  # threshold sweep
+    *_bn) echo "--config=configs/adabn.py --config.model.init_from=$OUT/${row%_bn}_s$s --config.model.init_steps=0" ;;
     *) echo "unknown row $row" >&2; return 1 ;;
   esac
 }
