@@ -166,3 +166,12 @@ def test_adversarial_run_resumes_bit_for_bit(tmp_path_factory):
   assert_trees_equal(a, b)
   assert read_eval(straight) == read_eval(resumed)
   assert os.path.exists(os.path.join(straight, 'checkpoints', 'best'))
+
+
+def test_discriminator_accuracy_counts_cells_on_the_right_side():
+  from rtda_jax.methods import adversarial
+  src = jnp.array([[-1.0, 2.0], [-0.5, -3.0]])  # 3 of 4 source cells below 0: right
+  tgt = jnp.array([[1.0, -2.0], [0.5, 0.0]])  # 3 of 4 target cells at or above 0: right
+  assert float(adversarial.discriminator_accuracy(src, tgt, 'bce')) == 6 / 8
+  # Least squares: the boundary is halfway between the labels 0 and 1.
+  assert float(adversarial.discriminator_accuracy(jnp.array([0.2, 0.7]), jnp.array([0.6, 0.4]), 'ls')) == 2 / 4

@@ -65,6 +65,14 @@ def level_input(outputs: dict[str, Any], level: str) -> jax.Array:
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def discriminator_accuracy(out_source: jax.Array, out_target: jax.Array, gan: str) -> jax.Array:
+  """Fraction of the discriminator's output cells (patches) classified right: source below the decision boundary
+  (logit 0 for BCE, 0.5 for least squares), target above. 0.5 = chance: the domains are indistinguishable."""
+  boundary = 0.0 if gan == 'bce' else 0.5 * (SOURCE_LABEL + TARGET_LABEL)
+  right = jnp.concatenate([(out_source < boundary).reshape(-1), (out_target >= boundary).reshape(-1)])
+  return jnp.mean(right.astype(jnp.float32))
+
+
 def discriminator_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   adv = config.adv
   schedule = base.poly_schedule(adv.disc_learning_rate, base.schedule_horizon(config.train),
@@ -136,11 +144,14 @@ class Adversarial(base.Method):
     discs, disc_metrics = [], {}
     for i, (d, (p_src, p_tgt)) in enumerate(zip(state.discs, inputs)):
       def disc_loss_fn(params, d=d, p_src=p_src, p_tgt=p_tgt):
-        return 0.5 * (losses.adversarial_loss(d.apply_fn({'params': params}, p_src), SOURCE_LABEL, self.gan)
-                      + losses.adversarial_loss(d.apply_fn({'params': params}, p_tgt), TARGET_LABEL, self.gan))
-      d_loss, d_grads = jax.value_and_grad(disc_loss_fn)(d.params)
+        out_src, out_tgt = d.apply_fn({'params': params}, p_src), d.apply_fn({'params': params}, p_tgt)
+        loss = 0.5 * (losses.adversarial_loss(out_src, SOURCE_LABEL, self.gan)
+                      + losses.adversarial_loss(out_tgt, TARGET_LABEL, self.gan))
+        return loss, (out_src, out_tgt)
+      (d_loss, (out_src, out_tgt)), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(d.params)
       # The discriminator trains from the first step; only the segmentation net's adversarial term waits.
       discs.append(d.apply_gradients(grads=d_grads))
       disc_metrics[f'loss_disc{i}'] = d_loss
+      disc_metrics[f'disc_accuracy{i}'] = discriminator_accuracy(out_src, out_tgt, self.gan)
     metrics = {'loss': total, **parts, 'loss_adv': adv_total, **disc_metrics, 'lr': self.lr_schedule(state.step)}
     return state.replace(seg=seg, discs=tuple(discs)), metrics
