@@ -17,8 +17,11 @@ def get_config(arg=None):
   config.data.target = 'cityscapes'
   common.apply_presets(config, arg)
   common.apply_warm_start_demo(config)
-  # One pass over the target training split: batches of train.batch_size images, no optimiser.
-  config.train.num_steps = config.data.synthetic.num_cityscapes_train // config.train.batch_size
+  # One pass over the target training split: batches of train.batch_size images, no optimiser. Set
+  # --config.train.num_steps with another batch size or dataset (real Cityscapes: 2975 // batch).
+  images = (common.REAL_TRAIN_IMAGES['cityscapes'] if config.scale == 'paper'
+            else config.data.synthetic.num_cityscapes_train)
+  config.train.num_steps = images // config.train.batch_size
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = config.eval.every_steps = config.train.num_steps
   return config

@@ -41,7 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.prefetch = 2
   data.eval_batch_size = 8
   # Rare-class sampling (DAFormer's RCS) of the source domain: class c with p ~ exp((1 - f_c) / T), then an image
-  # holding at least `min_pixels` pixels of c (DAFormer: 3000 at GTA5's 1914x1052; scaled with the stored size
+  # holding more than `min_pixels` pixels of c (DAFormer: 3000 at GTA5's 1914x1052; scaled with the stored size
   # when 0).
   data.rcs = rcs = ml_collections.ConfigDict()
   rcs.enabled = False
@@ -257,11 +257,19 @@ DEMO_ADAPT_STEPS = 150
 DEMO_SOURCE_WORKDIR = 'runs/source_only'
 
 
+def demo_source_workdir(model_config: ml_collections.ConfigDict) -> str:
+  """runs/source_only for BiSeNet (the main command's first stage); one folder per other architecture, so that a
+  DeepLab-v2 (or multi-level DeepLab-v2) adaptation never meets another model's weights."""
+  if model_config.name == 'bisenet':
+    return DEMO_SOURCE_WORKDIR
+  return f"{DEMO_SOURCE_WORKDIR}_{model_config.name}{'_multilevel' if model_config.get('multi_level') else ''}"
+
+
 def apply_warm_start_demo(config: ml_collections.ConfigDict) -> None:
   """At the demo scale, an adaptation config starts from the source-only run (training it first if missing)."""
   if config.scale != 'demo':
     return
-  config.model.init_from = DEMO_SOURCE_WORKDIR
+  config.model.init_from = demo_source_workdir(config.model)
   config.model.init_steps = DEMO_SOURCE_STEPS
   config.train.num_steps = DEMO_ADAPT_STEPS
   config.train.checkpoint_every_steps = config.eval.every_steps = DEMO_ADAPT_STEPS
@@ -278,7 +286,10 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
   if unknown:
     raise ValueError(f'Unknown preset {unknown[0]!r} for config {config.name!r}; its presets: '
                      f'{", ".join(tuple(own) + MODEL_PRESETS + SCALE_PRESETS)}.')
-  if 'course' in presets and 'deeplabv2' not in presets:
+  if 'course' in presets and 'deeplabv2' in presets:
+    raise ValueError(f'Preset `course` is the BiSeNet course setting (config {config.name!r}); for DeepLab-v2 use '
+                     '`deeplabv2,paper`, its reference recipe.')
+  if 'course' in presets:
     apply_model_preset(config, 'bisenet')
   for p in presets:
     if p in MODEL_PRESETS:

@@ -8,7 +8,8 @@ Presets (combinable with ','):
 - `deeplabv2` (DeepLab-v2 ResNet-101, FDA's network), `paper` (DeepLab-v2: FDA's recipe, see
   common.apply_fda_recipe; BiSeNet: the course recipe), `course` (BiSeNet, the course recipe).
 Each beta is its own run with its own seed (`seed_offset` 0 / 1 / 2 for b001 / b005 / b009), so the MBT members differ
-in initialisation and data order as FDA's three independent trainings do.
+in data order (and, when not warm-started, in initialisation) as FDA's three independent trainings do. At the demo
+scale all three start from the same source-only model.
 """
 
 import re

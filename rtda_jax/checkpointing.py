@@ -34,8 +34,7 @@ class Checkpointer:
   @staticmethod
   def has_checkpoint(workdir: str) -> bool:
     """Whether `workdir` holds a `last` checkpoint (without creating any folder)."""
-    root = os.path.join(workdir, 'checkpoints', 'last')
-    return os.path.isdir(root) and any(s.isdigit() for s in os.listdir(root))
+    return bool(checkpoint_steps(os.path.join(workdir, 'checkpoints', 'last')))
 
   def save(self, step: int, state: Any, iterators: dict[str, Any], meta: dict[str, Any],
            best: bool = False) -> None:
@@ -107,6 +106,11 @@ class StopRequest:
 # ---- warm start -----------------------------------------------------------------------------------------------------
 
 
+def checkpoint_steps(root: str) -> list[int]:
+  """The steps of the checkpoints in a manager folder (`checkpoints/last` or `best`), ascending; [] if none."""
+  return sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+
+
 def parse_init_from(spec: str) -> tuple[str, str, int | None]:
   """'WORKDIR[:best|last|STEP]' -> (workdir, 'best' | 'last', step or None for the newest)."""
   workdir, kind, step = spec, 'last', None
@@ -127,7 +131,7 @@ def load_segmentation_variables(spec: str) -> tuple[dict[str, Any], dict[str, An
   segmentation network."""
   workdir, kind, step = parse_init_from(spec)
   root = os.path.abspath(os.path.join(workdir, 'checkpoints', kind))
-  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+  steps = checkpoint_steps(root)
   if not steps:
     raise FileNotFoundError(f'model.init_from={spec!r}: no checkpoint in {root}. Train that run first, or name '
                             'another run (WORKDIR[:best|last|STEP]).')

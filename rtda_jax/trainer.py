@@ -119,7 +119,9 @@ def _initial_evaluation(method: base.Method, state: Any, config: ml_collections.
   if not config.model.get('init_from'):
     return None
   path = os.path.join(workdir, 'eval_init.json')
-  if start > 0 and os.path.exists(path):
+  if start > 0:  # resumed: the starting model is gone; its evaluation is the one kept (if any)
+    if not os.path.exists(path):
+      return None
     with open(path) as f:
       return json.load(f)
   result = evaluate.evaluate(method, method.eval_variables(state), config, mesh, step=0)
@@ -137,32 +139,37 @@ def source_stage_config(config: ml_collections.ConfigDict) -> ml_collections.Con
   stage = ml_collections.ConfigDict(config.to_dict())
   stage.name, stage.method = 'source_only', 'supervised'
   stage.model.init_from, stage.model.init_steps, stage.seed_offset = None, 0, 0
-  stage.train.num_steps = int(config.model.init_steps)
-  stage.train.checkpoint_every_steps = stage.eval.every_steps = stage.train.num_steps
+  stage.train.num_steps = stage.eval.every_steps = int(config.model.init_steps)
+  stage.train.checkpoint_every_steps = min(int(config.train.checkpoint_every_steps), stage.train.num_steps)
+  stage.train.stop_after_steps = 0  # a job-slot limit is this run's, not its first stage's
   return stage
 
 
-def _ensure_source_stage(config: ml_collections.ConfigDict) -> None:
-  """Trains the warm-start run first when `model.init_from` names a workdir without checkpoints and
-  `model.init_steps` > 0 (the two-stage demo: source-only, then adaptation from it)."""
+def _ensure_source_stage(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Trains (or finishes) the warm-start run first when `model.init_from` names a workdir whose newest checkpoint is
+  short of `model.init_steps` > 0 (the two-stage demo: source-only, then adaptation from it). False when that stage
+  was stopped (signal) before its end: this run must not start from a half-trained model."""
   spec = config.model.get('init_from')
-  if not spec or not config.model.get('init_steps'):
-    return
-  workdir, _, _ = checkpointing.parse_init_from(spec)
-  if checkpointing.Checkpointer.has_checkpoint(workdir):
-    return
-  print(f'Stage 1: no checkpoint in {workdir} (model.init_from): training the source-only model there for '
-        f'{config.model.init_steps} steps first.')
-  train_and_evaluate(source_stage_config(config), workdir)
-  print(f'Stage 2: {config.name} from {workdir}.')
+  if not spec or not config.model.get('init_steps') or checkpointing.Checkpointer.has_checkpoint(workdir):
+    return True
+  stage_dir, _, _ = checkpointing.parse_init_from(spec)
+  steps = checkpointing.checkpoint_steps(os.path.join(stage_dir, 'checkpoints', 'last'))
+  if steps and steps[-1] >= int(config.model.init_steps):
+    return True
+  print(f'Stage 1: {stage_dir} (model.init_from) has {"no checkpoint" if not steps else f"step {steps[-1]}"}: '
+        f'training the source-only model there to step {config.model.init_steps} first.')
+  if train_and_evaluate(source_stage_config(config), stage_dir) is None:
+    print(f'Stage 1 stopped before its end; run the same command again to finish it, then stage 2 ({config.name}).')
+    return False
+  print(f'Stage 2: {config.name} from {stage_dir}.')
+  return True
 
 
 def _warm_start(method: base.Method, state: Any, spec: str) -> Any:
   """`state` with the segmentation variables of the run `spec` names (checked against this model)."""
   variables, info = checkpointing.load_segmentation_variables(spec)
   expected = method.eval_variables(state)
-  checkpointing.check_same_structure(variables, {k: expected[k] for k in variables},
-                                     f'model.init_from={spec!r} ({info["path"]})')
+  checkpointing.check_same_structure(variables, dict(expected), f'model.init_from={spec!r} ({info["path"]})')
   print(f'Warm start from {info["workdir"]} ({info["kind"]} checkpoint, step {info["step"]}).')
   return method.warm_start(state, jax.tree.map(np.asarray, variables))
 
@@ -189,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from rtda_jax.data import builders, pipeline
   parallel.initialize_distributed()
   check_initialisation(config)
-  _ensure_source_stage(config)
+  if not _ensure_source_stage(config, workdir):
+    return None
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.train.batch_size, mesh)
   _write_config(config, workdir)

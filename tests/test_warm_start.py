@@ -155,7 +155,7 @@ def test_adabn_statistics_equal_a_numpy_reestimate(data_root):
 def test_adabn_before_any_batch_is_the_source_model(data_root):
   method = methods.get_method(tiny_config(data_root, 'adabn', **{'model.init_from': 'x', 'model.name': TINY_MODEL}))
   state = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
-  assert_trees_equal(jax.device_get(method.eval_variables(state)['batch_stats']), jax.device_get(state.seg.batch_stats))
+  assert_trees_equal(jax.device_get(method.eval_variables(state)['batch_stats']), jax.device_get(state.source_stats))
 
 
 def test_adabn_needs_a_trained_model(data_root):
@@ -171,6 +171,10 @@ def test_adabn_through_the_trainer_changes_only_the_statistics(two_stage, data_r
   assert result['step'] == 3
   saved, source = restore_params(workdir)['seg'], restore_params(stage)['seg']
   assert_trees_equal(saved['params'], source['params'])
+  # The saved network carries the target statistics, so a later init_from of this run starts from the adapted model.
+  variables, _ = checkpointing.load_segmentation_variables(workdir)
+  leaves = jax.tree.leaves(variables['batch_stats'])
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves, jax.tree.leaves(source['batch_stats'])))
   init = json.load(open(os.path.join(workdir, 'eval_init.json')))
   assert init['miou'] == read_eval(stage)['miou']
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl')) if 'bn_mean_shift' in l]
@@ -182,3 +186,14 @@ def test_population_statistics_formula():
   stats = adabn.population_statistics(sums, jnp.float32(2.0))
   np.testing.assert_allclose(stats['a']['mean'], [1.0, 2.0])
   np.testing.assert_allclose(stats['a']['var'], [5.0 - 1.0, 10.0 - 4.0])
+
+
+def test_a_half_trained_stage_is_finished_before_stage_two(data_root, tmp_path):
+  stage, workdir = str(tmp_path / 'stage'), str(tmp_path / 'adv')
+  app.run(tiny_config(data_root, **{'train.num_steps': 3, 'train.stop_after_steps': 1}), workdir=stage)
+  assert restore_params(stage)['seg']['step'] == 1
+  # The adaptation run's own job-slot limit (stop_after_steps) does not cut its first stage short.
+  app.run(tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3, 'train.num_steps': 2,
+                                           'train.stop_after_steps': 1}), workdir=workdir)
+  assert restore_params(stage)['seg']['step'] == 3
+  assert restore_params(workdir)['seg']['step'] == 1

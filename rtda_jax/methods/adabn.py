@@ -9,7 +9,9 @@ mean of its square. The evaluated model is the warm-start model with, in every B
 
 i.e. the population statistics of the target images over all the batches seen (the batches are of equal size), not
 a running average. Parameters are never changed. Run it for about one epoch of the target training split
-(`configs/adabn.py` sets the steps); it needs a trained model (`model.init_from`).
+(`configs/adabn.py` sets the steps); it needs a trained model (`model.init_from`). With `model.bn_mode='frozen'`
+the train-mode forward pass normalises with the running statistics, so the moments of deeper layers are taken on
+activations normalised with the source statistics: use 'train' or 'batch' (the defaults) for AdaBN proper.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from rtda_jax.methods import base, supervised
 
 @flax.struct.dataclass
 class AdaBNState:
-  seg: base.TrainState  # the warm-start model; its params and batch_stats are never changed
+  seg: base.TrainState  # the warm-start params (never changed) with the target statistics estimated so far
+  source_stats: Any  # the warm-start model's own BatchNorm statistics (for the bn_mean_shift diagnostic)
   sums: Any  # like seg.batch_stats: {'mean': sum of batch means, 'var': sum of batch means of x^2} per layer
   count: jax.Array  # float32: batches accumulated
   key: jax.Array
@@ -101,25 +104,27 @@ class AdaBN(base.Method):
     if seg.batch_stats is None:
       raise ValueError(f'Model {self.config.model.name!r} has no BatchNorm statistics to adapt.')
     sums = jax.tree.map(jnp.zeros_like, seg.batch_stats)
-    return AdaBNState(seg=seg, sums=sums, count=jnp.zeros((), jnp.float32), key=step_key)
+    return AdaBNState(seg=seg, source_stats=seg.batch_stats, sums=sums, count=jnp.zeros((), jnp.float32),
+                      key=step_key)
+
+  def warm_start(self, state: AdaBNState, variables: dict[str, Any]) -> AdaBNState:
+    state = super().warm_start(state, variables)
+    return state.replace(source_stats=state.seg.batch_stats)
 
   def train_step(self, state: AdaBNState, batch: base.Batch) -> tuple[AdaBNState, base.Metrics]:
     images = base.to_float_images(batch['target']['image'])  # labels are never read
     moments = batch_norm_moments(state.seg.apply_fn, state.seg.variables, images)
     batch_tree = _tree_from_moments(state.seg.batch_stats, moments)
     sums = jax.tree.map(jnp.add, state.sums, batch_tree)
+    count = state.count + 1.0
     # How far this batch's means are from the source model's running means (a diagnostic, averaged over layers).
     shifts = [jnp.mean(jnp.abs(m - r)) for m, r in zip(
-        jax.tree.leaves(_select(batch_tree, 'mean')), jax.tree.leaves(_select(state.seg.batch_stats, 'mean')))]
+        jax.tree.leaves(_select(batch_tree, 'mean')), jax.tree.leaves(_select(state.source_stats, 'mean')))]
     metrics = {'bn_mean_shift': jnp.mean(jnp.stack(shifts))}
-    seg = state.seg.replace(step=state.seg.step + 1)
-    return state.replace(seg=seg, sums=sums, count=state.count + 1.0), metrics
-
-  def eval_variables(self, state: AdaBNState) -> dict[str, Any]:
-    """The warm-start parameters with the target population statistics (the source ones before any batch)."""
-    stats = jax.tree.map(lambda s, p: jnp.where(state.count > 0, s, p),
-                         population_statistics(state.sums, jnp.maximum(state.count, 1.0)), state.seg.batch_stats)
-    return {'params': state.seg.params, 'batch_stats': stats}
+    # The network's statistics are the population estimate so far, so the saved `seg` is the adapted model (what
+    # evaluation, --mode=evaluate and a later model.init_from read).
+    seg = state.seg.replace(step=state.seg.step + 1, batch_stats=population_statistics(sums, count))
+    return state.replace(seg=seg, sums=sums, count=count), metrics
 
 
 def _select(tree: Any, name: str) -> Any:
