@@ -248,3 +248,44 @@ def test_ensure_benchmark_returns_real_dataset_folders_untouched(tmp_path):
   data.gta5_dir, data.cityscapes_dir = '/datasets/GTA5', '/datasets/cityscapes'
   assert synthetic.ensure_benchmark(data) == ('/datasets/GTA5', '/datasets/cityscapes')
   assert not (tmp_path / 'synthetic').exists()
+
+
+def test_generator_modules_import_one_way():
+  """synthetic -> synthetic_objects -> synthetic_draw -> synthetic_styles: no module imports one above it."""
+  import ast
+  import pathlib
+  order = ['synthetic', 'synthetic_objects', 'synthetic_draw', 'synthetic_styles']
+  folder = pathlib.Path(synthetic.__file__).parent
+  for i, name in enumerate(order):
+    tree = ast.parse((folder / f'{name}.py').read_text())
+    imported = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        imported |= {node.module.rsplit('.', 1)[-1]} | {a.name for a in node.names}
+      elif isinstance(node, ast.Import):
+        imported |= {a.name.rsplit('.', 1)[-1] for a in node.names}
+    above = imported & set(order[:i + 1]) - {name}
+    assert not above, f'{name}.py imports {sorted(above)}, which sit above it'
+
+
+def test_synthia_style_draws_none_of_the_classes_synthia_lacks():
+  absent = {l.id for l in labels.LABELS if l.name in ('terrain', 'truck', 'train')}
+  for i in range(6):
+    _, label = synthetic.generate('synthia', 7, 'train', i, (64, 128))
+    assert not absent & set(np.unique(label).tolist()), i
+
+
+def test_night_is_dark_with_bright_lights():
+  """Night: mean luminance well under the day target's, yet lamps and vehicle lights stay near white."""
+  def stats(style):
+    lum = [synthetic.generate(style, 3, 'val', i, (64, 128))[0].astype(np.float64).mean(-1) for i in range(6)]
+    return np.mean([l.mean() for l in lum]), np.mean([np.percentile(l, 99.7) for l in lum])
+  (day_mean, _), (night_mean, night_top) = stats('cityscapes'), stats('night')
+  assert night_mean < 0.6 * day_mean and night_top > 150, (day_mean, night_mean, night_top)
+
+
+def test_style_fields_added_later_keep_the_benchmark_fingerprints():
+  """Fields added to Style after generator version 2 (left at their defaults) must not regenerate the benchmarks:
+  the fingerprints of the default styles are those the version-2 generator wrote into benchmark.json."""
+  assert synthetic._style_fingerprint(synthetic.STYLES['gta5']) == 2144516070
+  assert synthetic._style_fingerprint(synthetic.STYLES['cityscapes']) == 4275222163

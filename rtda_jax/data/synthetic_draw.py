@@ -1,5 +1,5 @@
-"""The embedded benchmark's camera, static street and renderer (styles and writers: synthetic.py; furniture, vehicles
-and people: synthetic_objects.py).
+"""The embedded benchmark's camera, static street and renderer (styles: synthetic_styles.py; writers: synthetic.py;
+furniture, vehicles and people: synthetic_objects.py).
 
 A pinhole camera looks down a straight street: road, sidewalks, verges, buildings with windows, trees, walls and
 fences. Every object is made of parts (polygons, ellipses, lines), each with a material, which the style turns into
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from rtda_jax import labels
-
-if TYPE_CHECKING:
-  from rtda_jax.data.synthetic import Style
+from rtda_jax.data.synthetic_styles import Style
 
 TEXTURES = ('flat', 'noise', 'blotch', 'leaves', 'hstripes', 'vstripes', 'bricks', 'tiles', 'mesh')
 SKY_DEPTH = 1000.0
@@ -66,7 +64,7 @@ class Scene:
     self.f = self.W * rng.uniform(*style.focal)  # focal length, pixels
     self.yh = self.H * rng.uniform(*style.horizon)  # horizon row
     self.xv = self.W * rng.uniform(0.4, 0.6)  # vanishing-point column
-    self.hc = rng.uniform(1.4, 1.8)  # camera height
+    self.hc = rng.uniform(*style.camera_height)  # camera height
     self.z_min = self.f * self.hc / (self.H - self.yh)  # depth of the ground at the bottom row
     # label, rgb, texture index, texture strength, depth (or plane X), depth kind, emissive
     self.parts: list[tuple] = [(0, (0.0, 0.0, 0.0), 0, 0.0, SKY_DEPTH, CONST, 0.0)]
@@ -173,11 +171,12 @@ def sky_and_ground(s: Scene, st: Street) -> None:
     ops.append(('e', box((rng.uniform(0, W), rng.uniform(-0.1, 0.8) * s.yh), (rx, rx * rng.uniform(0.15, 0.4))),
                 s.part('cloud', SKY, SKY_DEPTH)))
   ground = lambda material, label, rgb=None: s.part(material, label, 0.0, rgb, depth_kind=GROUND_PLANE)
-  ops.append(('p', [(0, s.yh), (W, s.yh), (W, H), (0, H)], ground('terrain', TERRAIN)))
+  open_ground = ('terrain', TERRAIN) if s.style.terrain else ('ground', GROUND)  # SYNTHIA has no terrain
+  ops.append(('p', [(0, s.yh), (W, s.yh), (W, H), (0, H)], ground(*open_ground)))
   z0, zf = 0.9 * s.z_min, st.z_far
   walk_rgb = s.color('sidewalk')
   for d in (-1, 1):
-    verge = [('terrain', TERRAIN), ('ground', GROUND), ('sidewalk', SIDEWALK)][rng.choice(3, p=[0.55, 0.15, 0.3])]
+    verge = [open_ground, ('ground', GROUND), ('sidewalk', SIDEWALK)][rng.choice(3, p=[0.55, 0.15, 0.3])]
     ops.append(('p', s.quad_y(st.walk[d], st.walk[d] + d * 300, z0, zf), ground(*verge)))
     ops.append(('p', s.quad_y(st.edge[d], st.walk[d], z0, zf), ground('sidewalk', SIDEWALK, walk_rgb)))
   ops.append(('p', s.quad_y(st.edge[-1], st.edge[1], z0, zf), ground('road', ROAD)))
@@ -250,7 +249,7 @@ def _building(s: Scene, x: float, z0: float, z1: float, d: int) -> None:
     if s.f * abs(x) * (1 / zc - 1 / (zc + ww)) < 0.8 or s.f * wh / zc < 1.0:
       break  # farther windows are even smaller
     for y in np.arange(1.1 * fh, h - 0.7 * fh, fh):
-      ops.append(('p', s.quad_x(x, y, y + wh, zc, zc + ww), lit if rng.random() < 0.08 else win))
+      ops.append(('p', s.quad_x(x, y, y + wh, zc, zc + ww), lit if rng.random() < s.style.lit_windows else win))
     if rng.random() < 0.5:  # shop window or door on the ground floor
       ops.append(('p', s.quad_x(x, 0.3, 2.5, zc, zc + ww), win if rng.random() < 0.7 else
                   s.part('door', BUILDING, x, depth_kind=X_PLANE)))
@@ -388,6 +387,10 @@ def shade(s: Scene, pid: np.ndarray) -> np.ndarray:
     light = np.where(np.asarray(mask) > 0, light * st.shadow_strength, light)
   e = emissive[pid]
   rgb *= (light * (1 - e) + e * st.emissive_gain)[..., None]
+  if st.glow > 0:  # halos: the emissive parts' light, blurred, added around them (night)
+    lit = Image.fromarray(np.clip(rgb * e[..., None] + 0.5, 0, 255).astype(np.uint8))
+    halo = np.asarray(lit.filter(ImageFilter.GaussianBlur(st.glow_radius * H / 128)), np.float32)
+    rgb = rgb + st.glow * halo
   if st.fog_visibility > 0:  # fog needs the depth of every pixel
     dk, z = depth_kind[pid], depth[pid]
     z = np.where(dk == GROUND_PLANE, s.f * s.hc / np.maximum(yy - s.yh, 0.5), z)

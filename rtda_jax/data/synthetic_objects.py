@@ -68,7 +68,7 @@ def _pole(s: Scene, x: float, z: float, d: int, kind: int | None = None, h: floa
   if kind == 0:
     end = b(-d * 1.8, h + 0.3)
     ops += [('l', [b(0, h), end], pole, line_width(k, 0.08)),
-            ('e', box(end, (k * 0.3, k * 0.12)), s.part('lamp', POLE, z))]
+            ('e', box(end, (k * 0.3, k * 0.12)), s.part('lamp', POLE, z, emissive=s.style.lamps_lit))]
   elif kind == 1:
     if rng.random() < 0.4:  # hanging over the road on an arm
       reach = rng.uniform(2, 5)
