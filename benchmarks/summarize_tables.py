@@ -108,8 +108,9 @@ def main() -> None:
     print('|---|' + '---|' * len(names))
     for row in rows:
       per_class = [r['eval']['per_class_iou'] for r in runs[row].values()]
-      means = [statistics.fmean(float(pc[n]) for pc in per_class) for n in names]
-      print(f'| {row} | ' + ' | '.join(f'{v:.1f}' for v in means) + ' |')
+      # None: no score (a class outside eval.class_set, e.g. terrain for SYNTHIA, or absent from the split): '-'
+      scores = [[float(pc[n]) for pc in per_class if pc.get(n) is not None] for n in names]
+      print(f'| {row} | ' + ' | '.join(f'{statistics.fmean(v):.1f}' if v else '-' for v in scores) + ' |')
 
 
 if __name__ == '__main__':

@@ -12,6 +12,11 @@ prediction images. `--mode=evaluate` loads the last (or a named, or the best) ch
 The prediction is upsampled to the scored size with `eval.align_corners` (True: AdaptSegNet/FDA/DACS's
 `align_corners=True`) by PyTorch's bilinear formula (models.resize); 'stored' with align_corners False keeps
 `jax.image.resize` (antialiased when a TTA scale makes it downsample), as before the protocols existed.
+
+`eval.class_set` says which classes the means average over (metrics.CLASS_SETS): 'all', or 'synthia16' for a
+SYNTHIA-trained model (mIoU over the 16 classes SYNTHIA labels, `miou` = `miou_16`, and mIoU* over 13, `miou_13`;
+terrain, truck and train are null in eval.json and '-' in the table); 'auto' picks 'synthia16' when
+`data.source` is 'synthia'. eval.json also holds the Dice coefficient of every class and its mean, for every set.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from PIL import Image
 from rtda_jax import labels as labels_lib
 from rtda_jax import metrics as metrics_lib
 from rtda_jax import parallel
+from rtda_jax.errors import ConfigError
 
 if TYPE_CHECKING:  # the model code is imported where it runs, so that --mode=prepare can read the protocol
   from rtda_jax.methods import base
@@ -71,6 +77,17 @@ def get_protocol(config: ml_collections.ConfigDict) -> Protocol:
     return Protocol(name, True, input_size, _RESAMPLE[name], None, align_corners)
   stored = tuple(int(s) for s in config.data[f'{config.data.target}_size'])
   return Protocol(name, input_size != stored, input_size, _RESAMPLE[name], input_size, align_corners)
+
+
+def get_class_set(config: ml_collections.ConfigDict) -> str:
+  """The checked evaluation class set of `config.eval.class_set` ('auto': 'synthia16' for data.source 'synthia')."""
+  value = config.eval.get('class_set', 'auto')
+  if value == 'auto':
+    return 'synthia16' if config.data.source == 'synthia' else 'all'
+  if value not in metrics_lib.CLASS_SETS:
+    raise ConfigError(f'config.eval.class_set={value!r} is not a class set; choose one of '
+                      f"{('auto',) + tuple(metrics_lib.CLASS_SETS)} (e.g. --config.eval.class_set=synthia16).")
+  return value
 
 
 def raw_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -133,10 +150,11 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
   """
   from rtda_jax.data import pipeline
   protocol = get_protocol(config)
+  class_set = get_class_set(config)
   split = split or config.eval.split
   dataset = config.data.target
-  batch_size = config.data.eval_batch_size
-  parallel.check_batch_size(batch_size, mesh, 'data.eval_batch_size')
+  # This process's rows of each global batch of data.eval_batch_size images.
+  batch_size = parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
   num_classes = config.model.num_classes
   if probs_fn is None:
     probs_fn = functools.partial(predict_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip),
@@ -158,9 +176,15 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
       preds = parallel.local_rows(preds)[: len(valid)]
       for i in np.flatnonzero(valid)[: config.eval.num_prediction_images - len(shown)]:
         shown.append((batch['image'][i], batch['label'][i], preds[i]))
+  if jax.process_count() > 1:  # each process counted its own block of the split
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    num_images = int(np.sum(multihost_utils.process_allgather(np.int64(num_images))))
   result = {'dataset': dataset, 'split': split, 'step': int(step), 'num_images': num_images,
             'protocol': protocol.name, 'input_size': list(loader.image_size), 'label_size': list(loader.label_size),
             **metrics_lib.compute_metrics(total, labels_lib.CLASS_NAMES)}
+  result.update(metrics_lib.class_set_metrics(total, labels_lib.CLASS_NAMES, class_set))
+  # [C, C] pixel counts, rows = ground truth, columns = prediction (the confusion plot of rtda_jax/report.py).
+  result['confusion'] = np.asarray(total, np.int64).tolist()
   if workdir and jax.process_index() == 0:
     write_eval(workdir, result, shown)
   return result
@@ -192,18 +216,42 @@ def prediction_strips(shown: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-  """The per-class IoU table printed at the end of a run."""
+  """The per-class IoU (and Dice) table printed at the end of a run. A class outside the evaluation class set shows
+  '-', one of the set without a score (absent from ground truth and prediction) 'n/a'."""
   head = f"{result['dataset']}/{result['split']} step {result['step']}: {result['num_images']} images"
   if result.get('protocol'):  # results written before the protocols have none
     fed, scored = (result[k] for k in ('input_size', 'label_size'))
     head += f" (protocol {result['protocol']}: fed at {fed[0]}x{fed[1]}, scored at {scored[0]}x{scored[1]})"
-  lines = [head, f"{'class':<15}{'IoU':>8}"]
+  class_set = result.get('class_set', 'all')  # results written before the class sets have none
+  inside = metrics_lib.class_set_names(class_set, tuple(result['per_class_iou']))
+  # {row label: key}: 'mIoU (16)' for the mean over the whole set, 'mIoU* (13)' for a smaller one (the papers' star).
+  means = {f"mIoU{'' if len(v) == len(inside) else '*'} ({len(v)})": k
+           for k, v in metrics_lib.SUBSET_MIOUS[class_set].items()} or {'mIoU': 'miou'}
+  lines = [head]
+  if class_set != 'all':
+    parts = [label + ('' if len(v) == len(inside) else f" without {', '.join(n for n in inside if n not in v)}")
+             for label, v in zip(means, metrics_lib.SUBSET_MIOUS[class_set].values())]
+    lines.append(f"class set {class_set}: {', '.join(parts)}; '-' = not in the set")
+  dice = result.get('per_class_dice')  # results written before Dice have none
+  lines.append(f"{'class':<15}{'IoU':>8}" + (f"{'Dice':>8}" if dice else ''))
+  cell = lambda name, v: f"{'-' if name not in inside else 'n/a' if v is None else f'{v:.2f}':>8}"
   for name, iou in result['per_class_iou'].items():
-    lines.append(f"{name:<15}{'n/a' if iou is None else f'{iou:8.2f}':>8}")
-  lines.append(f"{'mIoU':<15}{result['miou']:8.2f}")
-  lines.append(f"pixel acc. {result['pixel_accuracy']:.2f}  mean class acc. {result['mean_class_accuracy']:.2f}  "
-               f"FWIoU {result['fwiou']:.2f}")
+    lines.append(f'{name:<15}{cell(name, iou)}' + (cell(name, dice.get(name)) if dice else ''))
+  for label, key in means.items():
+    lines.append(f"{label:<15}{'n/a' if result[key] is None else f'{result[key]:.2f}':>8}")
+  tail = (f"pixel acc. {result['pixel_accuracy']:.2f}  mean class acc. {result['mean_class_accuracy']:.2f}  "
+          f"FWIoU {result['fwiou']:.2f}")
+  if result.get('mean_dice') is not None:
+    tail += f"  mean Dice {result['mean_dice']:.2f}"
+  lines.append(tail)
   return '\n'.join(lines)
+
+
+def scalars(result: dict[str, Any]) -> dict[str, float]:
+  """The TensorBoard / metrics.jsonl scalars of an evaluation: eval/miou, eval/pixel_accuracy, eval/mean_dice and the
+  class set's named means (eval/miou_16, eval/miou_13); undefined ones (None) are left out."""
+  keys = ('miou', 'pixel_accuracy', 'mean_dice', *metrics_lib.SUBSET_MIOUS[result.get('class_set', 'all')])
+  return {f'eval/{k}': result[k] for k in keys if result.get(k) is not None}
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The Cityscapes class table: names, label ids, train ids, colours, and the raw-id -> train-id lookup.
 
 GTA5 label PNGs hold the same Cityscapes label ids, so one table serves both datasets. Train ids are 0..18;
-every other raw id (including -1, 0..6 and anything outside 0..33) maps to IGNORE = 255.
+every other raw id (including -1, 0..6 and anything outside 0..33) maps to IGNORE = 255. SYNTHIA has its own class
+ids (SYNTHIA_LABELS, SYNTHIA_TO_TRAIN) and the 16-/13-class evaluation sets of SYNTHIA -> Cityscapes.
 """
 
 from __future__ import annotations
@@ -83,6 +84,55 @@ CITYSCAPES_TO_TRAIN = _raw_to_train_lut()
 GTA5_TO_TRAIN = _raw_to_train_lut()
 for _lut in (CITYSCAPES_TO_TRAIN, GTA5_TO_TRAIN):
   _lut.setflags(write=False)
+
+# SYNTHIA-RAND-CITYSCAPES class ids (the first channel of its 16-bit GT/LABELS PNGs; its README lists them with these
+# GT/COLOR colours) and the Cityscapes train id of each: the 16 classes SYNTHIA shares with Cityscapes. Terrain (16),
+# truck (18) and train (20) are ignored as in the 16-class protocol (valeoai/ESL advent/dataset/synthia.py,
+# num_classes=16; the 19-class tables of e.g. RoyalVane/CLAN dataset/synthia_dataset.py map them to 9, 14, 16 and
+# agree on the other 16), and so are void, parking-slot, road-work and lanemarking. `id` is the SYNTHIA id here.
+SYNTHIA_LABELS: tuple[Label, ...] = (
+    Label('void', 0, IGNORE, (0, 0, 0)),
+    Label('sky', 1, 10, (70, 130, 180)),
+    Label('building', 2, 2, (70, 70, 70)),
+    Label('road', 3, 0, (128, 64, 128)),
+    Label('sidewalk', 4, 1, (244, 35, 232)),
+    Label('fence', 5, 4, (64, 64, 128)),
+    Label('vegetation', 6, 8, (107, 142, 35)),
+    Label('pole', 7, 5, (153, 153, 153)),
+    Label('car', 8, 13, (0, 0, 142)),
+    Label('traffic sign', 9, 7, (220, 220, 0)),
+    Label('pedestrian', 10, 11, (220, 20, 60)),
+    Label('bicycle', 11, 18, (119, 11, 32)),
+    Label('motorcycle', 12, 17, (0, 0, 230)),
+    Label('parking-slot', 13, IGNORE, (250, 170, 160)),
+    Label('road-work', 14, IGNORE, (128, 64, 64)),
+    Label('traffic light', 15, 6, (250, 170, 30)),
+    Label('terrain', 16, IGNORE, (152, 251, 152)),
+    Label('rider', 17, 12, (255, 0, 0)),
+    Label('truck', 18, IGNORE, (0, 0, 70)),
+    Label('bus', 19, 15, (0, 60, 100)),
+    Label('train', 20, IGNORE, (0, 80, 100)),
+    Label('wall', 21, 3, (102, 102, 156)),
+    Label('lanemarking', 22, IGNORE, (102, 102, 156)),
+)
+SYNTHIA_MAX_ID = max(l.id for l in SYNTHIA_LABELS)  # 22: a label id above it is not a SYNTHIA class
+
+
+def _synthia_to_train_lut() -> np.ndarray:
+  lut = np.full(256, IGNORE, dtype=np.uint8)
+  for l in SYNTHIA_LABELS:
+    lut[l.id] = l.train_id
+  lut.setflags(write=False)
+  return lut
+
+
+# [256] uint8: SYNTHIA class id -> Cityscapes train id (ids above SYNTHIA_MAX_ID -> IGNORE; readers reject them).
+SYNTHIA_TO_TRAIN = _synthia_to_train_lut()
+# The evaluation class sets of SYNTHIA -> Cityscapes, in train-id order: the 16 classes SYNTHIA labels (mIoU) and
+# the 13 of mIoU* (without wall, fence and pole), the two figures SYNTHIA -> Cityscapes papers report.
+SYNTHIA16_CLASS_NAMES: tuple[str, ...] = tuple(
+    CLASS_NAMES[t] for t in sorted({l.train_id for l in SYNTHIA_LABELS if l.train_id != IGNORE}))
+SYNTHIA13_CLASS_NAMES: tuple[str, ...] = tuple(n for n in SYNTHIA16_CLASS_NAMES if n not in ('wall', 'fence', 'pole'))
 
 
 def to_train_ids(raw: np.ndarray, lut: np.ndarray = CITYSCAPES_TO_TRAIN) -> np.ndarray:

@@ -6,6 +6,7 @@ Usage:
     preds = jnp.argmax(logits, -1)                        # [B, H, W]
     total = accumulate(total, confusion_matrix(preds, batch['label']))
   scores = compute_metrics(total, CLASS_NAMES)             # every value in percent
+  scores.update(class_set_metrics(total, CLASS_NAMES, 'synthia16'))  # SYNTHIA -> Cityscapes: 16/13-class means
 
 Overflow: a batch matrix is int32 (JAX disables int64 by default), exact while a single call sees fewer than
 2**31 pixels (about 1000 images at 1024x2048). The running total lives on the host as numpy int64, so a whole
@@ -23,7 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rtda_jax.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
+from rtda_jax.labels import CLASS_NAMES, IGNORE, NUM_CLASSES, SYNTHIA13_CLASS_NAMES, SYNTHIA16_CLASS_NAMES
+
+# Evaluation class sets (config eval.class_set): the classes the class means average over, and the means reported.
+# 'all': every class of the matrix. 'synthia16' (SYNTHIA -> Cityscapes): the 16 classes SYNTHIA labels; eval.json
+# then holds mIoU over them (`miou`, also `miou_16`) and mIoU* over 13 (`miou_13`: without wall, fence, pole).
+CLASS_SETS: dict[str, tuple[str, ...] | None] = {'all': None, 'synthia16': SYNTHIA16_CLASS_NAMES}
+SUBSET_MIOUS: dict[str, dict[str, tuple[str, ...]]] = {
+    'all': {}, 'synthia16': {'miou_16': SYNTHIA16_CLASS_NAMES, 'miou_13': SYNTHIA13_CLASS_NAMES}}
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'ignore_index'))
@@ -64,43 +72,96 @@ def _nanmean_or_none(values: np.ndarray) -> float | None:
   return float(values.mean()) if values.size else None
 
 
-def compute_metrics(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
-  """Scores of a [C, C] confusion matrix (rows = ground truth), every value in percent (0..100).
+def _pct(x: float | None) -> float | None:
+  return None if x is None or math.isnan(x) else 100.0 * x
 
-  Keys: miou, per_class_iou ({class name: IoU or None}), pixel_accuracy, mean_class_accuracy, fwiou.
-  IoU_c = TP / (TP + FP + FN). A class absent from both ground truth and prediction has no IoU (None) and is
-  left out of the mIoU, as the official Cityscapes evaluation does (nan, then nanmean). Mean class accuracy
-  averages TP / GT count over the classes present in the ground truth. FWIoU = sum_c (GT count_c / total) IoU_c.
-  A scalar that is undefined (an empty matrix) is None, so the dict is always valid JSON.
-  """
+
+def _class_scores(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+  """Per-class IoU, Dice and accuracy ([C] float64 fractions, nan where undefined) of a [C, C] confusion matrix."""
   cm = np.asarray(cm, dtype=np.float64)  # int64 counts are exact in float64 up to 2**53
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
     raise ValueError(f'confusion matrix must be square [C, C], got {cm.shape}')
   if len(class_names) != cm.shape[0]:
     raise ValueError(f'{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix')
   tp = np.diag(cm)  # [C]
-  gt = cm.sum(axis=1)  # [C]
-  pred = cm.sum(axis=0)  # [C]
+  gt = cm.sum(axis=1)  # [C] = TP + FN
+  pred = cm.sum(axis=0)  # [C] = TP + FP
   union = gt + pred - tp  # [C] = TP + FP + FN
-  total = cm.sum()
   with np.errstate(divide='ignore', invalid='ignore'):
-    iou = np.where(union > 0, tp / union, np.nan)  # [C]
-    class_acc = np.where(gt > 0, tp / gt, np.nan)  # [C]
-  miou = _nanmean_or_none(iou)
-  mean_class_acc = _nanmean_or_none(class_acc)
+    return {'cm': cm, 'tp': tp, 'gt': gt,
+            'iou': np.where(union > 0, tp / union, np.nan),
+            'dice': np.where(gt + pred > 0, 2 * tp / (gt + pred), np.nan),  # 2TP / (2TP + FP + FN)
+            'accuracy': np.where(gt > 0, tp / gt, np.nan)}
+
+
+def compute_metrics(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+  """Scores of a [C, C] confusion matrix (rows = ground truth), every value in percent (0..100).
+
+  Keys: miou, per_class_iou ({class name: IoU or None}), per_class_dice, mean_dice, pixel_accuracy,
+  mean_class_accuracy, fwiou. IoU_c = TP / (TP + FP + FN); Dice_c (F1) = 2 TP / (2 TP + FP + FN). A class absent
+  from both ground truth and prediction has no IoU and no Dice (None) and is left out of their means, as the official
+  Cityscapes evaluation does (nan, then nanmean). Mean class accuracy averages TP / GT count over the classes present
+  in the ground truth. FWIoU = sum_c (GT count_c / total) IoU_c. A scalar that is undefined (an empty matrix) is None,
+  so the dict is always valid JSON.
+  """
+  s = _class_scores(cm, class_names)
+  iou, gt, total = s['iou'], s['gt'], s['cm'].sum()
   if total > 0:
-    pixel_acc = float(tp.sum() / total)
+    pixel_acc = float(s['tp'].sum() / total)
     fwiou = float(np.sum(np.where(gt > 0, gt / total * np.nan_to_num(iou), 0.0)))
   else:
     pixel_acc = fwiou = None
-
-  def pct(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else 100.0 * x
-
   return {
-      'miou': pct(miou),
-      'per_class_iou': {name: pct(float(v)) for name, v in zip(class_names, iou)},
-      'pixel_accuracy': pct(pixel_acc),
-      'mean_class_accuracy': pct(mean_class_acc),
-      'fwiou': pct(fwiou),
+      'miou': _pct(_nanmean_or_none(iou)),
+      'per_class_iou': {name: _pct(float(v)) for name, v in zip(class_names, iou)},
+      'per_class_dice': {name: _pct(float(v)) for name, v in zip(class_names, s['dice'])},
+      'mean_dice': _pct(_nanmean_or_none(s['dice'])),
+      'pixel_accuracy': _pct(pixel_acc),
+      'mean_class_accuracy': _pct(_nanmean_or_none(s['accuracy'])),
+      'fwiou': _pct(fwiou),
   }
+
+
+def class_set_names(class_set: str, class_names: Sequence[str] = CLASS_NAMES) -> tuple[str, ...]:
+  """The classes of `class_names` that `class_set` (a key of CLASS_SETS) evaluates; ValueError for an unknown set
+  or one with classes the matrix lacks."""
+  if class_set not in CLASS_SETS:
+    raise ValueError(f'Unknown class set {class_set!r}; choose one of {tuple(CLASS_SETS)} (config eval.class_set).')
+  wanted = CLASS_SETS[class_set]
+  if wanted is None:
+    return tuple(class_names)
+  missing = [n for n in wanted if n not in class_names]
+  if missing:
+    raise ValueError(f'Class set {class_set!r} needs classes {missing} that the {len(class_names)}-class confusion '
+                     'matrix lacks.')
+  return tuple(n for n in class_names if n in wanted)
+
+
+def class_set_metrics(cm: np.ndarray, class_names: Sequence[str], class_set: str) -> dict[str, Any]:
+  """The scores of `compute_metrics` that an evaluation class set changes, to update its result with.
+
+  Always 'class_set', and the set's named means SUBSET_MIOUS[class_set] (synthia16: miou_16, miou_13). For a set
+  smaller than the matrix (e.g. 'synthia16' on a 19-class one): every class outside it gets None in per_class_iou /
+  per_class_dice (printed as '-'), and miou, mean_dice and mean_class_accuracy average over the set's classes only.
+  pixel_accuracy and fwiou stay those of the whole matrix (every labelled pixel counts, as in the references'
+  19-class confusion matrices).
+  """
+  names = class_set_names(class_set, class_names)
+  out: dict[str, Any] = {'class_set': class_set}
+  if len(names) == len(class_names) and not SUBSET_MIOUS[class_set]:
+    return out
+  s = _class_scores(cm, class_names)
+  member = lambda subset: np.array([n in subset for n in class_names])  # [C] bool
+  if len(names) < len(class_names):
+    inside = member(names)
+    iou, dice, acc = (np.where(inside, s[k], np.nan) for k in ('iou', 'dice', 'accuracy'))
+    out.update({
+        'miou': _pct(_nanmean_or_none(iou)),
+        'per_class_iou': {name: _pct(float(v)) for name, v in zip(class_names, iou)},
+        'per_class_dice': {name: _pct(float(v)) for name, v in zip(class_names, dice)},
+        'mean_dice': _pct(_nanmean_or_none(dice)),
+        'mean_class_accuracy': _pct(_nanmean_or_none(acc)),
+    })
+  for key, subset in SUBSET_MIOUS[class_set].items():
+    out[key] = _pct(_nanmean_or_none(np.where(member(subset), s['iou'], np.nan)))
+  return out

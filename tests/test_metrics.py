@@ -1,6 +1,8 @@
-"""Confusion matrix and scores: by hand, and against the official Cityscapes evaluator."""
+"""Confusion matrix and scores (IoU, Dice, the SYNTHIA class sets): by hand, against NumPy and against the official
+Cityscapes evaluator; the printed table and TensorBoard scalars of an evaluation."""
 
 import copy
+import json
 import math
 
 import jax.numpy as jnp
@@ -8,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import common
+from rtda_jax import evaluate
 from rtda_jax import labels as cs_labels
 from rtda_jax import metrics
+from rtda_jax.errors import ConfigError
 
 IGN = 255
 
@@ -28,8 +33,12 @@ def test_compute_metrics_by_hand():
                  [2, 4, 0],
                  [0, 0, 0]])  # class c absent from both ground truth and prediction
   out = metrics.compute_metrics(cm, ['a', 'b', 'c'])
-  assert set(out) == {'miou', 'per_class_iou', 'pixel_accuracy', 'mean_class_accuracy', 'fwiou'}
+  assert set(out) == {'miou', 'per_class_iou', 'per_class_dice', 'mean_dice', 'pixel_accuracy', 'mean_class_accuracy',
+                      'fwiou'}
   iou_a, iou_b = 3 / (3 + 1 + 2), 4 / (4 + 2 + 1)
+  dice_a, dice_b = 2 * 3 / (2 * 3 + 2 + 1), 2 * 4 / (2 * 4 + 1 + 2)  # 2TP / (2TP + FP + FN)
+  assert out['per_class_dice'] == {'a': pytest.approx(100 * dice_a), 'b': pytest.approx(100 * dice_b), 'c': None}
+  assert out['mean_dice'] == pytest.approx(100 * (dice_a + dice_b) / 2)
   assert out['per_class_iou']['a'] == pytest.approx(100 * iou_a)
   assert out['per_class_iou']['b'] == pytest.approx(100 * iou_b)
   assert out['per_class_iou']['c'] is None
@@ -49,8 +58,8 @@ def test_class_only_predicted_has_zero_iou_and_counts_in_miou():
 
 def test_empty_confusion_matrix_gives_none_not_nan():
   out = metrics.compute_metrics(np.zeros((2, 2), np.int64), ['a', 'b'])
-  assert out == {'miou': None, 'per_class_iou': {'a': None, 'b': None}, 'pixel_accuracy': None,
-                 'mean_class_accuracy': None, 'fwiou': None}
+  assert out == {'miou': None, 'per_class_iou': {'a': None, 'b': None}, 'per_class_dice': {'a': None, 'b': None},
+                 'mean_dice': None, 'pixel_accuracy': None, 'mean_class_accuracy': None, 'fwiou': None}
 
 
 def test_accumulate_is_exact_beyond_int32():
@@ -127,3 +136,158 @@ def test_matches_official_cityscapes_evaluation(tmp_path):
   # The official matrix (label ids) restricted to the evaluated classes is our matrix (train ids).
   ids = cs_labels.TRAIN_ID_TO_LABEL_ID.astype(int)
   np.testing.assert_array_equal(np.array(official['confMatrix'])[np.ix_(ids, ids)], total)
+
+
+# ---- Dice and the SYNTHIA class sets, against NumPy on a hand-made 19-class confusion matrix -------------------------
+
+# Every score is a ratio of the same integer counts in float64, computed by other formulas below: they agree to a few
+# ulps (float64 eps 2.2e-16, a handful of operations, means of <= 19 terms), far inside rel=1e-12.
+REL = 1e-12
+SYNTHIA_ABSENT = ('terrain', 'truck', 'train')
+
+
+def hand_made_cm() -> np.ndarray:
+  """[19, 19] counts as a SYNTHIA-trained model leaves them on Cityscapes: terrain and truck in the ground truth but
+  never predicted, train absent from both, rider (one of the 16) absent from both, bus only predicted."""
+  names = cs_labels.CLASS_NAMES
+  cm = np.random.default_rng(7).integers(0, 40, (19, 19)) + np.diag(np.arange(100, 290, 10))
+  never_predicted = [names.index(n) for n in ('terrain', 'truck', 'train', 'rider')]
+  cm[:, never_predicted] = 0
+  cm[[names.index('train'), names.index('rider'), names.index('bus')], :] = 0
+  return cm
+
+
+def np_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-class IoU and Dice (nan where undefined) by explicit TP / FP / FN, Dice as F1 = 2PR / (P + R)."""
+  iou, dice = np.full(len(cm), np.nan), np.full(len(cm), np.nan)
+  for c in range(len(cm)):
+    tp = cm[c, c]
+    fn = cm[c].sum() - tp
+    fp = cm[:, c].sum() - tp
+    if tp + fp + fn:
+      iou[c] = tp / (tp + fp + fn)
+      precision = tp / (tp + fp) if tp + fp else 0.0
+      recall = tp / (tp + fn) if tp + fn else 0.0
+      dice[c] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return iou, dice
+
+
+def np_mean(values: np.ndarray, names, subset) -> float:
+  picked = [v for v, n in zip(values, names) if n in subset and not np.isnan(v)]
+  return 100 * sum(picked) / len(picked)
+
+
+def test_dice_against_numpy_f1():
+  cm = hand_made_cm()
+  names = cs_labels.CLASS_NAMES
+  out = metrics.compute_metrics(cm, names)
+  _, dice = np_scores(cm)
+  for name, want in zip(names, dice):
+    if np.isnan(want):
+      assert out['per_class_dice'][name] is None, name
+    else:
+      assert out['per_class_dice'][name] == pytest.approx(100 * want, rel=REL, abs=1e-12), name
+  assert out['per_class_dice']['train'] is None and out['per_class_dice']['bus'] == 0.0  # bus: only predicted
+  assert out['mean_dice'] == pytest.approx(np_mean(dice, names, names), rel=REL)
+
+
+def test_synthia16_and_13_class_miou_against_numpy():
+  cm = hand_made_cm()
+  names = cs_labels.CLASS_NAMES
+  everything = metrics.compute_metrics(cm, names)
+  out = {**everything, **metrics.class_set_metrics(cm, names, 'synthia16')}
+  iou, dice = np_scores(cm)
+  sixteen = [n for n in names if n not in SYNTHIA_ABSENT]
+  thirteen = [n for n in sixteen if n not in ('wall', 'fence', 'pole')]
+  assert out['class_set'] == 'synthia16'
+  assert out['miou_16'] == out['miou'] == pytest.approx(np_mean(iou, names, sixteen), rel=REL)
+  assert out['miou_13'] == pytest.approx(np_mean(iou, names, thirteen), rel=REL)
+  assert out['mean_dice'] == pytest.approx(np_mean(dice, names, sixteen), rel=REL)
+  # Terrain and truck score 0 over all 19 classes (in the ground truth, never predicted): the 16-class mean differs.
+  assert everything['per_class_iou']['terrain'] == 0.0 and out['miou'] != pytest.approx(everything['miou'], rel=1e-3)
+  for name in SYNTHIA_ABSENT:
+    assert out['per_class_iou'][name] is None and out['per_class_dice'][name] is None, name
+  assert out['per_class_iou']['rider'] is None  # one of the 16, but absent from both: left out of the means
+  for name in sixteen:
+    if name != 'rider':
+      assert out['per_class_iou'][name] == pytest.approx(100 * iou[names.index(name)], rel=REL, abs=1e-12), name
+  accuracy = [cm[c, c] / cm[c].sum() for c, n in enumerate(names) if n in sixteen and cm[c].sum()]
+  assert out['mean_class_accuracy'] == pytest.approx(100 * np.mean(accuracy), rel=REL)
+  # Pixel-level scores count every labelled pixel, terrain's and truck's too.
+  assert out['pixel_accuracy'] == pytest.approx(100 * np.trace(cm) / cm.sum(), rel=REL)
+  assert out['fwiou'] == everything['fwiou']
+  assert json.loads(json.dumps(out))['per_class_iou']['terrain'] is None  # null in eval.json
+
+
+def test_class_set_all_changes_nothing_and_unknown_sets_are_errors():
+  cm = hand_made_cm()
+  assert metrics.class_set_metrics(cm, cs_labels.CLASS_NAMES, 'all') == {'class_set': 'all'}
+  with pytest.raises(ValueError, match="'synthia13'.*eval.class_set"):
+    metrics.class_set_metrics(cm, cs_labels.CLASS_NAMES, 'synthia13')
+  with pytest.raises(ValueError, match='lacks'):
+    metrics.class_set_metrics(np.eye(3), ['road', 'sky', 'car'], 'synthia16')
+
+
+def test_synthia16_on_a_16_class_matrix_names_the_same_means():
+  """A model with 16 outputs (the 16 classes in train-id order): nothing to hide, the same named means."""
+  cm19 = hand_made_cm()
+  keep = [i for i, n in enumerate(cs_labels.CLASS_NAMES) if n not in SYNTHIA_ABSENT]
+  cm16 = cm19[np.ix_(keep, keep)]
+  out = metrics.class_set_metrics(cm16, cs_labels.SYNTHIA16_CLASS_NAMES, 'synthia16')
+  iou, _ = np_scores(cm16)
+  assert set(out) == {'class_set', 'miou_16', 'miou_13'}
+  assert out['miou_16'] == pytest.approx(np_mean(iou, cs_labels.SYNTHIA16_CLASS_NAMES,
+                                                 cs_labels.SYNTHIA16_CLASS_NAMES), rel=REL)
+  assert out['miou_13'] == pytest.approx(np_mean(iou, cs_labels.SYNTHIA16_CLASS_NAMES,
+                                                 cs_labels.SYNTHIA13_CLASS_NAMES), rel=REL)
+
+
+# ---- the class set in the config, the printed table and the TensorBoard scalars --------------------------------------
+
+
+def eval_result(class_set: str) -> dict:
+  cm = hand_made_cm()
+  result = {'dataset': 'cityscapes', 'split': 'val', 'step': 5, 'num_images': 2,
+            **metrics.compute_metrics(cm, cs_labels.CLASS_NAMES)}
+  result.update(metrics.class_set_metrics(cm, cs_labels.CLASS_NAMES, class_set))
+  return result
+
+
+def test_config_class_set_resolves_from_the_source():
+  config = common.get_base_config()
+  assert config.eval.class_set == 'auto' and evaluate.get_class_set(config) == 'all'  # data.source 'gta5'
+  config.data.source = 'synthia'
+  assert evaluate.get_class_set(config) == 'synthia16'
+  config.eval.class_set = 'all'
+  assert evaluate.get_class_set(config) == 'all'
+  config.eval.class_set = 'synthia13'
+  with pytest.raises(ConfigError, match="eval.class_set='synthia13'.*synthia16"):
+    evaluate.get_class_set(config)
+
+
+def test_table_shows_absent_classes_as_dash_and_both_means():
+  result = eval_result('synthia16')
+  rows = {line[:15].strip(): line[15:].split() for line in evaluate.format_table(result).splitlines()}
+  for name in SYNTHIA_ABSENT:
+    assert rows[name] == ['-', '-'], name  # IoU and Dice
+  assert rows['rider'] == ['n/a', 'n/a']  # in the set, but absent from ground truth and prediction
+  assert rows['road'] == [f"{result['per_class_iou']['road']:.2f}", f"{result['per_class_dice']['road']:.2f}"]
+  assert rows['mIoU (16)'] == [f"{result['miou_16']:.2f}"] and rows['mIoU* (13)'] == [f"{result['miou_13']:.2f}"]
+  assert 'mIoU' not in rows
+  table = evaluate.format_table(result)
+  assert 'without wall, fence, pole' in table and f"mean Dice {result['mean_dice']:.2f}" in table
+  every = {line[:15].strip(): line[15:].split() for line in evaluate.format_table(eval_result('all')).splitlines()}
+  assert every['terrain'] == ['0.00', '0.00'] and every['mIoU'] == [f"{eval_result('all')['miou']:.2f}"]
+
+
+def test_table_of_a_result_written_before_dice_and_class_sets():
+  old = {k: v for k, v in eval_result('all').items() if k not in ('class_set', 'per_class_dice', 'mean_dice')}
+  rows = {line[:15].strip(): line[15:].split() for line in evaluate.format_table(old).splitlines()}
+  assert rows['class'] == ['IoU'] and rows['road'] == [f"{old['per_class_iou']['road']:.2f}"]
+
+
+def test_tensorboard_scalars_name_the_class_set_means():
+  result = eval_result('synthia16')
+  assert evaluate.scalars(result) == {f'eval/{k}': result[k] for k in ('miou', 'pixel_accuracy', 'mean_dice',
+                                                                       'miou_16', 'miou_13')}
+  assert set(evaluate.scalars(eval_result('all'))) == {'eval/miou', 'eval/pixel_accuracy', 'eval/mean_dice'}

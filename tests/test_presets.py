@@ -60,6 +60,24 @@ REFERENCE_TABLE = {
         'dacs.augment': 'strong',  # color_jitter, blur l.32-33
         'model.bn_mode': 'batch', 'eval.protocol': 'dacs', 'eval.input_size': (512, 1024), 'eval.align_corners': True,
     },
+    # SYNTHIA -> Cityscapes (preset `synthia`): SYNTHIA resized to 1280x760 (AdaptSegNet's paper Sec. 5.2, same
+    # schedule; YanchaoYang/FDA data/__init__.py l.10 image_sizes['synthia'], cropped to 1024x512; DACS's paper
+    # Sec. 4.1 with 512x512 crops), Cityscapes as for GTA5.
+    ('adv', 'deeplabv2,paper,synthia'): {
+        'data.source': 'synthia', 'data.synthia_size': (760, 1280), 'data.source_train_size': (760, 1280),
+        'data.cityscapes_size': (512, 1024), 'data.target_train_size': (512, 1024), 'data.resize_mode': 'resize',
+        'train.batch_size': 1, 'train.schedule_steps': 250_000, 'train.num_steps': 150_000,
+        'train.learning_rate': 2.5e-4, 'eval.protocol': 'adaptsegnet', 'eval.class_set': 'auto',
+    },
+    ('fda', 'deeplabv2,paper,synthia'): {
+        'data.source': 'synthia', 'data.synthia_size': (760, 1280), 'data.source_train_size': (512, 1024),
+        'data.resize_mode': 'crop', 'train.schedule_steps': 150_000, 'train.num_steps': 100_000,
+    },
+    ('dacs', 'deeplabv2,paper,synthia'): {
+        'data.source': 'synthia', 'data.synthia_size': (760, 1280), 'data.source_train_size': (512, 512),
+        'data.target_train_size': (512, 512), 'data.resize_mode': 'crop', 'train.batch_size': 2,
+        'train.num_steps': 250_000,
+    },
 }
 
 # The course setting (REFERENCES.md "Course setting for BiSeNet"): the same recipe in every config.
@@ -71,13 +89,14 @@ COURSE_STEPS = {'source_only': 50 * 24966 // 2, 'oracle': 50 * 2975 // 2, 'adv':
 
 # Every config with the presets its docstring and the README advertise (each combination below must build).
 ADVERTISED = {
-    'source_only': ['', 'bisenet', 'deeplabv2', 'paper', 'course', 'deeplabv2,paper'],
+    'source_only': ['', 'bisenet', 'deeplabv2', 'paper', 'course', 'deeplabv2,paper', 'synthia', 'course,synthia'],
     'oracle': ['', 'bisenet', 'deeplabv2', 'paper', 'course', 'deeplabv2,paper'],
     'adv': ['', 'multilevel', 'feature', 'light', 'ls', 'deeplabv2', 'deeplabv2,multilevel', 'deeplabv2,feature',
-            'paper', 'course', 'deeplabv2,paper', 'deeplabv2,paper,multilevel', 'multilevel,light,ls'],
+            'paper', 'course', 'deeplabv2,paper', 'deeplabv2,paper,multilevel', 'multilevel,light,ls', 'synthia',
+            'deeplabv2,paper,synthia'],
     'fda': ['', 'b001', 'b005', 'b009', 'mbt', 'b001,selftrain', 'deeplabv2', 'paper', 'course',
-            'deeplabv2,paper', 'deeplabv2,b009,paper'],
-    'dacs': ['', 'deeplabv2', 'paper', 'course', 'deeplabv2,paper'],
+            'deeplabv2,paper', 'deeplabv2,b009,paper', 'deeplabv2,paper,synthia'],
+    'dacs': ['', 'deeplabv2', 'paper', 'course', 'deeplabv2,paper', 'synthia', 'deeplabv2,paper,synthia'],
     'adabn': ['', 'deeplabv2'],
 }
 

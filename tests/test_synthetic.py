@@ -289,3 +289,16 @@ def test_style_fields_added_later_keep_the_benchmark_fingerprints():
   the fingerprints of the default styles are those the version-2 generator wrote into benchmark.json."""
   assert synthetic._style_fingerprint(synthetic.STYLES['gta5']) == 2144516070
   assert synthetic._style_fingerprint(synthetic.STYLES['cityscapes']) == 4275222163
+
+
+def test_write_synthia_round_trips_through_the_synthia_reader(tmp_path):
+  """The generator's SYNTHIA layout (16-bit RGB labels, SYNTHIA ids) read back by data/synthia.py gives the train ids
+  of the Cityscapes label ids it drew (labels.GTA5_TO_TRAIN is the Cityscapes id table)."""
+  from rtda_jax.data import synthia
+  synthetic.write_synthia(str(tmp_path), 3, (48, 96), 5, workers=1)
+  pairs = synthia.list_pairs(str(tmp_path))
+  assert [os.path.basename(i) for i, _ in pairs] == ['0000000.png', '0000001.png', '0000002.png']
+  for i, (image_path, label_path) in enumerate(pairs):
+    image, cityscapes_ids = synthetic.generate('synthia', 5, 'train', i, (48, 96))
+    np.testing.assert_array_equal(np.asarray(Image.open(image_path)), image)
+    np.testing.assert_array_equal(synthia.read_train_ids(label_path), labels.GTA5_TO_TRAIN[cityscapes_ids])

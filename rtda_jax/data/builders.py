@@ -1,14 +1,23 @@
-"""TFDS builders (TensorFlow-free, array_record) for GTA5 and Cityscapes folders.
+"""TFDS builders (TensorFlow-free, array_record) for GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes folders.
 
 Each example holds `image` (PNG bytes, RGB, resized bilinear/antialiased to the stored resolution), `label` (PNG
 bytes, 8-bit train ids 0..18 / 255, resized nearest to the same resolution) and `name` (the path relative to the
 raw folder). Builds go through `tfds.core.ShardBasedBuilder`, which writes shard by shard and never reaches the
 TFDS shuffler (that spills to disk through TensorFlow past 1 GB), so no dataset size needs TensorFlow.
 
-Built datasets live in `<data.root>/tfds/<source key>/<gta5|cityscapes>/<H>x<W>/<version>/`; the source key is
+Each domain has a raw folder field `data.<domain>_dir` (None = the embedded benchmark's) and a stored size field
+`data.<domain>_size` (`FIELDS`). SYNTHIA's 16-bit label PNGs are read with synthia.py (Pillow cannot), its class ids
+mapped with labels.SYNTHIA_TO_TRAIN (terrain, truck and train become ignore).
+
+Built datasets live in `<data.root>/tfds/<source key>/<gta5|synthia|cityscapes>/<H>x<W>/<version>/`; the source key is
 'synthetic' for the embedded benchmark and `<folder name>-<hash of its absolute path>` for a real folder, so the two
 never mix. A `source.json` beside the shards records a fingerprint of the raw files; `prepare` rebuilds when it
 changes (e.g. the benchmark was regenerated with other settings) and reuses the build otherwise.
+
+Label ids are checked while converting: an id that is neither in the dataset's id table (`TABLE_IDS`) nor one of
+its ignore values (`IGNORE_IDS`) is a DatasetError naming the file and the ids, unless `unknown_label_ids='ignore'`
+(`data.unknown_label_ids`) maps such ids to 255 on purpose; a split in which no pixel has a train id is an error too.
+Every error here is an `errors.UserError` (DatasetError; MissingDatasetError for a file or folder that is not there).
 
 An evaluation protocol that scores at the raw label resolution (evaluate.py) also needs a split at the size of its
 raw files: `prepare(..., raw_splits=('val',))` builds those splits of the target domain at that size (1024x2048 for
@@ -28,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,11 +48,14 @@ import tqdm
 from absl import logging
 from PIL import Image
 
-from rtda_jax import labels
+from rtda_jax import errors, labels
+from rtda_jax.data import synthia
 
-DOMAINS = ('gta5', 'cityscapes')
-SPLITS = {'gta5': ('train',), 'cityscapes': ('train', 'val')}
-LUTS = {'gta5': labels.GTA5_TO_TRAIN, 'cityscapes': labels.CITYSCAPES_TO_TRAIN}
+DOMAINS = ('gta5', 'cityscapes', 'synthia')
+SPLITS = {'gta5': ('train',), 'cityscapes': ('train', 'val'), 'synthia': ('train',)}
+LUTS = {'gta5': labels.GTA5_TO_TRAIN, 'cityscapes': labels.CITYSCAPES_TO_TRAIN, 'synthia': labels.SYNTHIA_TO_TRAIN}
+# Each domain's config fields: (raw folder, stored [H, W]).
+FIELDS = {d: (f'{d}_dir', f'{d}_size') for d in DOMAINS}
 SHARD_BYTES = 256 << 20  # TFDS holds a whole shard in memory while writing it: keep shards near this size
 PNG_COMPRESS_LEVEL = 1  # fast to write; decoding speed does not depend on it
 LABEL_MODES = ('P', 'L', 'I', 'I;16')  # 8/16/32-bit label ids; 'P' palette indices are the ids
@@ -50,11 +63,24 @@ SOURCE_FILE = 'source.json'
 RAW_SIZE_FILE = '{domain}-raw-size.json'  # beside the builds: {split: [H, W]} of the raw-resolution builds
 NUM_THREADS = min(16, os.cpu_count() or 1)  # Pillow releases the GIL: threads convert images in parallel
 _CS_IMAGE_SUFFIX = '_leftImg8bit.png'
+# Raw label ids a dataset's label files hold: the ids of its table (GTA5 stores Cityscapes ids) and the values that
+# mean "unlabelled". Any other id is a wrong file (train ids, colours, another dataset's ids) unless
+# unknown_label_ids='ignore'. A dataset without an entry here is not checked (a new builder adds its ids).
+TABLE_IDS = {'gta5': tuple(l.id for l in labels.LABELS), 'cityscapes': tuple(l.id for l in labels.LABELS),
+             'synthia': tuple(l.id for l in labels.SYNTHIA_LABELS)}
+IGNORE_IDS = {'gta5': (labels.IGNORE,), 'cityscapes': (labels.IGNORE,), 'synthia': ()}  # SYNTHIA: void is id 0
+_TABLE_NAMES = {'gta5': 'the Cityscapes label ids', 'cityscapes': 'the Cityscapes label ids',
+                'synthia': 'the SYNTHIA class ids'}
+UNKNOWN_LABEL_IDS = ('error', 'ignore')  # data.unknown_label_ids
 _CS_LABEL_SUFFIX = '_gtFine_labelIds.png'
 
 
-class DatasetError(ValueError):
-  """A raw dataset folder or a built dataset is missing or not as expected. The message says what to do."""
+class DatasetError(errors.DataError):
+  """A raw dataset folder or a built dataset is not as expected. The message names the file and says what to do."""
+
+
+class MissingDatasetError(DatasetError, errors.MissingFileError):
+  """A raw folder, a raw file or a built dataset that should exist does not (a DatasetError and a FileNotFoundError)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +96,7 @@ class Example:
 
 def _require_dir(path: str, what: str, hint: str) -> None:
   if not os.path.isdir(path):
-    raise DatasetError(f'{what} {path!r} does not exist or is not a folder. {hint}')
+    raise MissingDatasetError(f'{what} {path!r} does not exist or is not a folder. {hint}')
 
 
 def _pngs(folder: str) -> list[str]:
@@ -90,8 +116,8 @@ def _find_gta5(root: str) -> dict[str, list[Example]]:
   for have, lack, (this, that), (this_dir, that_dir) in ((images, labs, ('Image', 'label'), (image_dir, label_dir)),
                                                          (labs, images, ('Label', 'image'), (label_dir, image_dir))):
     for name in sorted(set(have) - set(lack))[:1]:
-      raise DatasetError(f'{this} {os.path.join(this_dir, name)!r} has no {that} {os.path.join(that_dir, name)!r}. '
-                         f'Restore the {that} or delete the {this.lower()}.')
+      raise MissingDatasetError(f'{this} {os.path.join(this_dir, name)!r} has no {that} '
+                                f'{os.path.join(that_dir, name)!r}. Restore the {that} or delete the {this.lower()}.')
   return {'train': [Example(os.path.join(image_dir, n), os.path.join(label_dir, n), f'images/{n}') for n in images]}
 
 
@@ -114,11 +140,13 @@ def _find_cityscapes(root: str) -> dict[str, list[Example]]:
             entry[slot] = os.path.join(top, city, f)
     for stem, (image, label) in sorted(pairs.items()):
       if label is None:
-        raise DatasetError(f'Image {image!r} has no label {os.path.join(label_root, stem + _CS_LABEL_SUFFIX)!r}. '
-                           'Restore the label (from gtFine_trainvaltest.zip) or delete the image.')
+        raise MissingDatasetError(
+            f'Image {image!r} has no label {os.path.join(label_root, stem + _CS_LABEL_SUFFIX)!r}. Restore the label '
+            '(from gtFine_trainvaltest.zip) or delete the image.')
       if image is None:
-        raise DatasetError(f'Label {label!r} has no image {os.path.join(image_root, stem + _CS_IMAGE_SUFFIX)!r}. '
-                           'Restore the image (from leftImg8bit_trainvaltest.zip) or delete the label.')
+        raise MissingDatasetError(
+            f'Label {label!r} has no image {os.path.join(image_root, stem + _CS_IMAGE_SUFFIX)!r}. Restore the image '
+            '(from leftImg8bit_trainvaltest.zip) or delete the label.')
     if not pairs:
       raise DatasetError(f'No *{_CS_IMAGE_SUFFIX} images in {image_root!r}. {hint}')
     out[split] = [Example(image, label, f'leftImg8bit/{split}/{stem}{_CS_IMAGE_SUFFIX}')
@@ -126,11 +154,34 @@ def _find_cityscapes(root: str) -> dict[str, list[Example]]:
   return out
 
 
+@contextlib.contextmanager
+def _as_dataset_errors() -> Iterator[None]:
+  """synthia.py's errors (which name the file) as this module's DatasetError / MissingDatasetError."""
+  try:
+    yield
+  except errors.MissingFileError as e:
+    raise MissingDatasetError(str(e)) from None
+  except errors.DataError as e:
+    if isinstance(e, DatasetError):
+      raise
+    raise DatasetError(str(e)) from None
+
+
+def _find_synthia(root: str) -> dict[str, list[Example]]:
+  """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png (synthia.list_pairs), split 'train'."""
+  with _as_dataset_errors():
+    pairs = synthia.list_pairs(root, check=False)
+  return {'train': [Example(image, label, os.path.relpath(image, root).replace(os.sep, '/')) for image, label in pairs]}
+
+
+_FINDERS = {'gta5': _find_gta5, 'cityscapes': _find_cityscapes, 'synthia': _find_synthia}
+
+
 def find_examples(domain: str, raw_dir: str) -> dict[str, list[Example]]:
   """Lists the image/label pairs of each split of a raw folder (sorted by name); checks layout and pairing."""
   if domain not in DOMAINS:
-    raise ValueError(f'Unknown dataset {domain!r}; choose one of {DOMAINS}.')
-  return (_find_gta5 if domain == 'gta5' else _find_cityscapes)(raw_dir)
+    raise errors.ConfigError(f'Unknown dataset {domain!r}; choose one of {DOMAINS}.')
+  return _FINDERS[domain](raw_dir)
 
 
 def _unreadable(path: str, error: Exception) -> DatasetError:
@@ -163,8 +214,13 @@ def _check_pair(ex: Example, image_size: tuple[int, int], label_size: tuple[int,
         f'{image_size[0]}x{image_size[1]}. Real GTA5 has a few such pairs: delete both files and prepare again.')
 
 
-def check_example(ex: Example) -> None:
-  """Cheap checks from the file headers: readable PNGs, an 8-bit-id label, label size == image size."""
+def check_example(ex: Example, domain: str | None = None) -> None:
+  """Cheap checks from the file headers: readable PNGs, an id label (8-bit; SYNTHIA: 16-bit, synthia.check_pair),
+  label size == image size."""
+  if domain == 'synthia':
+    with _as_dataset_errors():
+      synthia.check_pair(ex.image_path, ex.label_path)
+    return
   image_size, _ = _header(ex.image_path)
   label_size, label_mode = _header(ex.label_path)
   _check_pair(ex, image_size, label_size, label_mode)
@@ -178,7 +234,8 @@ def validate(domain: str, raw_dir: str, num_threads: int | None = None,
   splits = {s: found[s] for s in _select_splits(domain, raw_dir, found, splits)}
   every = [ex for exs in splits.values() for ex in exs]
   with concurrent.futures.ThreadPoolExecutor(num_threads or NUM_THREADS) as pool:
-    for _ in tqdm.tqdm(pool.map(check_example, every), total=len(every), desc=f'check {domain}', leave=False):
+    checked = pool.map(lambda ex: check_example(ex, domain), every)
+    for _ in tqdm.tqdm(checked, total=len(every), desc=f'check {domain}', leave=False):
       pass
   return splits
 
@@ -245,22 +302,99 @@ def encode_png(array: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def convert_example(ex: Example, size: tuple[int, int], lut: np.ndarray) -> dict[str, Any]:
-  """Decodes, checks, maps label ids to train ids, resizes to `size` = (H, W) and re-encodes one example."""
+def check_unknown_label_ids(unknown_label_ids: str) -> str:
+  """The value of `data.unknown_label_ids`, checked: 'error' or 'ignore'."""
+  if unknown_label_ids not in UNKNOWN_LABEL_IDS:
+    raise errors.ConfigError(f'config.data.unknown_label_ids={unknown_label_ids!r}; choose one of '
+                             f'{UNKNOWN_LABEL_IDS}.')
+  return unknown_label_ids
+
+
+def unknown_ids(raw: np.ndarray, domain: str) -> tuple[np.ndarray, np.ndarray]:
+  """The raw label ids of [H, W] `raw` that are neither in `domain`'s table nor its ignore values, and their pixel
+  counts (sorted by id; both empty when every id is known)."""
+  known = np.asarray(TABLE_IDS[domain] + IGNORE_IDS[domain], np.int64)
+  if raw.dtype == np.uint8:
+    counts = np.bincount(raw.reshape(-1), minlength=256)  # [256] pixels of each id
+    counts[known[(known >= 0) & (known < 256)]] = 0
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]
+  ids, counts = np.unique(raw.astype(np.int64), return_counts=True)
+  bad = ~np.isin(ids, known)
+  return ids[bad], counts[bad]
+
+
+def _unknown_ids_error(ex: Example, domain: str, ids: np.ndarray, counts: np.ndarray, size: int) -> DatasetError:
+  shown = ', '.join(f'{i} ({c} px)' for i, c in zip(ids[:8].tolist(), counts[:8].tolist()))
+  more = f' and {len(ids) - 8} more' if len(ids) > 8 else ''
+  return DatasetError(
+      f'Label {ex.label_path!r} holds ids {shown}{more} of its {size} pixels that are neither in the {domain} label '
+      f'table ({_TABLE_NAMES.get(domain, "its ids")} {min(TABLE_IDS[domain])}..{max(TABLE_IDS[domain])}) nor its ignore value '
+      f'{", ".join(map(str, IGNORE_IDS[domain])) or "(none)"}. Label files hold label ids (gtFine_labelIds.png, GTA5 '
+      'labels/, SYNTHIA GT/LABELS), not train ids or colours: check the file, or pass --config.data.unknown_label_ids=ignore to map such ids to '
+      'ignore (255) on purpose.')
+
+
+def _convert(ex: Example, size: tuple[int, int], lut: np.ndarray, domain: str | None = None,
+             unknown_label_ids: str = 'error') -> tuple[dict[str, Any], bool]:
+  """convert_example, and whether the label has a pixel with a train id (not ignore)."""
+  if domain == 'synthia':
+    return _convert_synthia(ex, size, lut, unknown_label_ids)
   h, w = size
   (image, image_bytes), (label, _) = _load(ex.image_path), _load(ex.label_path)
   _check_pair(ex, image.size, label.size, label.mode)
-  if image.format == 'PNG' and image.mode == 'RGB' and image.size == (w, h):
-    image_png = image_bytes  # already what we store: skip a re-encode
-  else:
-    rgb = image.convert('RGB')
-    if rgb.size != (w, h):
-      rgb = rgb.resize((w, h), Image.BILINEAR)  # antialiased when downscaling
-    image_png = encode_png(np.asarray(rgb))  # [H, W, 3]
+  raw = np.asarray(label)  # [H, W] raw label ids ('P': the palette indices are the ids)
+  if domain in TABLE_IDS and unknown_label_ids == 'error':
+    ids, counts = unknown_ids(raw, domain)
+    if len(ids):
+      raise _unknown_ids_error(ex, domain, ids, counts, raw.size)
+  image_png = _image_png(image, image_bytes, size)
   if label.size != (w, h):
     label = label.resize((w, h), Image.NEAREST)
   train_ids = labels.to_train_ids(np.asarray(label), lut)  # [H, W] uint8, ids outside the table -> 255
-  return {'image': image_png, 'label': encode_png(train_ids), 'name': ex.name}
+  example = {'image': image_png, 'label': encode_png(train_ids), 'name': ex.name}
+  return example, bool((train_ids != labels.IGNORE).any())
+
+
+def _image_png(image: Image.Image, image_bytes: bytes, size: tuple[int, int]) -> bytes:
+  """The stored PNG of a decoded image at (H, W): the file's own bytes when it already is an RGB PNG of that size."""
+  h, w = size
+  if image.format == 'PNG' and image.mode == 'RGB' and image.size == (w, h):
+    return image_bytes  # already what we store: skip a re-encode
+  rgb = image.convert('RGB')
+  if rgb.size != (w, h):
+    rgb = rgb.resize((w, h), Image.BILINEAR)  # antialiased when downscaling
+  return encode_png(np.asarray(rgb))  # [H, W, 3]
+
+
+def _convert_synthia(ex: Example, size: tuple[int, int], lut: np.ndarray,
+                     unknown_label_ids: str) -> tuple[dict[str, Any], bool]:
+  """_convert for SYNTHIA: the 16-bit label through synthia.read_label, its class ids -> train ids, then resized."""
+  h, w = size
+  image, image_bytes = _load(ex.image_path)
+  with _as_dataset_errors():
+    raw = synthia.read_label(ex.label_path, check_ids=False)  # [H, W] uint16 class ids
+  if image.size != (raw.shape[1], raw.shape[0]):
+    raise DatasetError(
+        f'Label {ex.label_path!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {ex.image_path!r} is '
+        f'{image.size[0]}x{image.size[1]}. Restore the right label, or delete both files, and prepare again.')
+  if unknown_label_ids == 'error':
+    ids, counts = unknown_ids(raw, 'synthia')
+    if len(ids):
+      raise _unknown_ids_error(ex, 'synthia', ids, counts, raw.size)
+  train_ids = labels.to_train_ids(raw, lut)  # [H, W] uint8; ids outside the table -> 255
+  if train_ids.shape != (h, w):
+    train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.NEAREST))
+  example = {'image': _image_png(image, image_bytes, size), 'label': encode_png(train_ids), 'name': ex.name}
+  return example, bool((train_ids != labels.IGNORE).any())
+
+
+def convert_example(ex: Example, size: tuple[int, int], lut: np.ndarray, domain: str | None = None,
+                    unknown_label_ids: str = 'error') -> dict[str, Any]:
+  """Decodes, checks, maps label ids to train ids, resizes to `size` = (H, W) and re-encodes one example. With
+  `domain`, a label id outside its table and ignore values is a DatasetError (`unknown_label_ids='error'`) or
+  becomes ignore ('ignore')."""
+  return _convert(ex, size, lut, domain, unknown_label_ids)[0]
 
 
 # ---- the TFDS builders -----------------------------------------------------------------------------------------
@@ -278,17 +412,31 @@ def images_per_shard(size: Sequence[int]) -> int:
 
 
 class _Progress:
-  """One tqdm bar per split, opened by its first shard and closed by its last."""
+  """One tqdm bar per split, opened by its first shard and closed by its last; counts the labels with a pixel that
+  has a train id, and raises a DatasetError (inside the build, which then leaves nothing) when the split has none."""
 
-  def __init__(self, total: int, desc: str):
+  def __init__(self, total: int, desc: str, where: str, unknown_label_ids: str):
     self.total, self.desc, self.bar = total, desc, None
+    self.where, self.unknown_label_ids = where, unknown_label_ids
+    self.done = self.labelled = 0
+    self._lock = threading.Lock()
 
-  def update(self) -> None:
-    if self.bar is None:
-      self.bar = tqdm.tqdm(total=self.total, desc=self.desc, unit='img')
-    self.bar.update(1)
-    if self.bar.n >= self.total:
-      self.bar.close()
+  def update(self, labelled: bool) -> None:
+    with self._lock:
+      if self.bar is None:
+        self.bar = tqdm.tqdm(total=self.total, desc=self.desc, unit='img')
+      self.bar.update(1)
+      self.done += 1
+      self.labelled += int(labelled)
+      if self.done >= self.total:
+        self.bar.close()
+        if not self.labelled:
+          mapped = (' (ids outside the label table were mapped to ignore: data.unknown_label_ids=ignore)'
+                    if self.unknown_label_ids == 'ignore' else '')
+          raise DatasetError(
+              f'Every label of {self.where} is ignore: none of its {self.total} label files has a pixel of the '
+              f'{labels.NUM_CLASSES} classes{mapped}. Training or evaluating on it would score nothing; check that '
+              'the label files hold label ids (gtFine_labelIds.png, GTA5 labels/), not train ids or colours.')
 
 
 class _ShardGen:
@@ -299,9 +447,10 @@ class _ShardGen:
 
   def __call__(self) -> Iterator[tuple[str, dict[str, Any]]]:
     b, n = self._builder, len(self._examples)
-    results = b._pool.map(convert_example, self._examples, [b.size] * n, [LUTS[b.name]] * n)
-    for ex, result in zip(self._examples, results):
-      self._progress.update()
+    results = b._pool.map(_convert, self._examples, [b.size] * n, [LUTS[b.name]] * n, [b.name] * n,
+                          [b.unknown_label_ids] * n)
+    for ex, (result, labelled) in zip(self._examples, results):
+      self._progress.update(labelled)
       yield ex.name, result
 
 
@@ -314,10 +463,11 @@ class _SegmentationBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {'1.0.0': 'PNG image, PNG train-id label, relative file name.'}
 
   def __init__(self, *, raw_dir: str | None = None, examples: Mapping[str, Sequence[Example]] | None = None,
-               num_threads: int | None = None, **kwargs: Any):
+               num_threads: int | None = None, unknown_label_ids: str = 'error', **kwargs: Any):
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
     self.raw_dir, self._examples = raw_dir, examples
+    self.unknown_label_ids = check_unknown_label_ids(unknown_label_ids)
     self._num_threads = num_threads or NUM_THREADS
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -353,7 +503,8 @@ class _SegmentationBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   def _shard_iterators_per_split(self, dl_manager: Any) -> dict[str, list[_ShardGen]]:
     out = {}
     for split, examples in self._examples.items():
-      progress = _Progress(len(examples), f'build {self.name} {split} {self.builder_config.name}')
+      progress = _Progress(len(examples), f'build {self.name} {split} {self.builder_config.name}',
+                           f'the {self.name} {split} split of {self.raw_dir!r}', self.unknown_label_ids)
       step = images_per_shard(self.size)
       out[split] = [_ShardGen(self, examples[i:i + step], progress) for i in range(0, len(examples), step)]
     return out
@@ -369,7 +520,13 @@ class Cityscapes(_SegmentationBuilder, skip_registration=True):
   name = 'cityscapes'
 
 
-BUILDERS = {'gta5': Gta5, 'cityscapes': Cityscapes}
+class Synthia(_SegmentationBuilder, skip_registration=True):
+  """SYNTHIA-RAND-CITYSCAPES (or the embedded benchmark's SYNTHIA-like source): split 'train'."""
+  name = 'synthia'
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in ('128x256', '760x1280')]
+
+
+BUILDERS = {'gta5': Gta5, 'cityscapes': Cityscapes, 'synthia': Synthia}
 
 
 # ---- where builds live, building and loading ----------------------------------------------------------------------
@@ -386,10 +543,25 @@ def source_key(raw_dir: str | None) -> str:
 
 def _configured(data_config: ml_collections.ConfigDict, domain: str) -> tuple[str | None, tuple[int, int]]:
   if domain not in DOMAINS:
-    raise ValueError(f'Unknown dataset {domain!r}; choose one of {DOMAINS}.')
-  raw = data_config.gta5_dir if domain == 'gta5' else data_config.cityscapes_dir
-  size = data_config.gta5_size if domain == 'gta5' else data_config.cityscapes_size
-  return raw, tuple(int(s) for s in size)
+    raise errors.ConfigError(f'Unknown dataset {domain!r} (data.source / data.target); choose one of {DOMAINS}.')
+  dir_field, size_field = FIELDS[domain]
+  if dir_field not in data_config or size_field not in data_config:
+    raise errors.ConfigError(f'config.data has no {dir_field!r} / {size_field!r} for dataset {domain!r}: the config '
+                             'predates it; start from configs/common.py.')
+  return data_config[dir_field], tuple(int(s) for s in data_config[size_field])
+
+
+def prepared_domains(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The domains `prepare` builds: data.source and data.target; GTA5 and Cityscapes together (as always, e.g. for
+  `--mode=fid` of gta5:train in an oracle run) unless SYNTHIA is one of them, so a GTA5 run never generates SYNTHIA
+  and a SYNTHIA run never GTA5."""
+  used = {data_config.source, data_config.target}
+  for domain in sorted(used):
+    if domain not in DOMAINS:
+      raise errors.ConfigError(f'Unknown dataset {domain!r} (data.source / data.target); choose one of {DOMAINS}.')
+  if 'synthia' not in used:
+    used |= {'gta5', 'cityscapes'}
+  return tuple(d for d in DOMAINS if d in used)
 
 
 def make_builder(domain: str, data_dir: str, size: Sequence[int], **kwargs: Any) -> _SegmentationBuilder:
@@ -437,24 +609,26 @@ def _file_lock(path: str) -> Iterator[None]:
 
 
 def build(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_threads: int | None = None,
-          splits: Sequence[str] | None = None) -> _SegmentationBuilder:
+          splits: Sequence[str] | None = None, unknown_label_ids: str = 'error') -> _SegmentationBuilder:
   """Builds `domain` from `raw_dir` into `data_dir` at (H, W), or reuses an up-to-date build. Returns the builder.
 
   `splits` (default: every split of the folder) are the splits the build must hold; a build at that size that
-  holds them and whose raw files did not change is reused, else it is rebuilt with them (and the splits it had)."""
+  holds them and whose raw files did not change is reused, else it is rebuilt with them (and the splits it had).
+  `unknown_label_ids` ('error' | 'ignore', data.unknown_label_ids) applies while building."""
+  check_unknown_label_ids(unknown_label_ids)
   with _file_lock(os.path.join(data_dir, f'.{domain}-{size_name(size)}.lock')):
-    return _build_locked(domain, raw_dir, data_dir, size, num_threads, splits)
+    return _build_locked(domain, raw_dir, data_dir, size, num_threads, splits, unknown_label_ids)
 
 
 def _build_locked(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_threads: int | None,
-                  splits: Sequence[str] | None) -> _SegmentationBuilder:
+                  splits: Sequence[str] | None, unknown_label_ids: str = 'error') -> _SegmentationBuilder:
   builder = make_builder(domain, data_dir, size)
   recorded = _read_source(builder)
   if recorded is not None and not os.path.isdir(raw_dir):
     missing = [s for s in splits or () if s not in builder.info.splits]
     if missing:
-      raise DatasetError(f'Raw folder {raw_dir!r} is gone and the {domain} dataset built from it at '
-                         f'{os.fspath(builder.data_dir)!r} has no split {missing[0]!r}: restore the raw folder.')
+      raise MissingDatasetError(f'Raw folder {raw_dir!r} is gone and the {domain} dataset built from it at '
+                                f'{os.fspath(builder.data_dir)!r} has no split {missing[0]!r}: restore the raw folder.')
     logging.warning('Raw folder %s is gone; using the dataset built from it at %s.', raw_dir, builder.data_dir)
     return builder
   found = find_examples(domain, raw_dir)
@@ -469,7 +643,8 @@ def _build_locked(domain: str, raw_dir: str, data_dir: str, size: Sequence[int],
   if recorded is not None or _is_prepared(builder):
     shutil.rmtree(os.fspath(builder.data_dir))
   selected = validate(domain, raw_dir, num_threads, splits=[s for s in found if s in wanted or s in had])
-  builder = make_builder(domain, data_dir, size, raw_dir=raw_dir, examples=selected, num_threads=num_threads)
+  builder = make_builder(domain, data_dir, size, raw_dir=raw_dir, examples=selected, num_threads=num_threads,
+                         unknown_label_ids=unknown_label_ids)
   builder.download_and_prepare(download_dir=os.path.join(data_dir, 'downloads'))
   source = {'raw_dir': os.path.abspath(raw_dir), 'fingerprint': fingerprint(selected), 'splits': list(selected),
             'num_examples': {s: len(e) for s, e in selected.items()}}
@@ -486,22 +661,26 @@ def data_dir_for(data_config: ml_collections.ConfigDict, domain: str) -> str:
 
 def prepare(data_config: ml_collections.ConfigDict, num_threads: int | None = None,
             raw_splits: Sequence[str] = ()) -> dict[str, _SegmentationBuilder]:
-  """Generates the embedded benchmark if needed, then builds (or reuses) both datasets. Returns {name: builder}.
+  """Generates the embedded benchmark if needed, then builds (or reuses) the datasets of `prepared_domains`.
+  Returns {name: builder}.
 
   `raw_splits`: splits of the target domain (`data.target`) to build also at the raw resolution of their files,
   for an evaluation that scores there (the caller says which; evaluate.raw_splits); returned as '<target>_raw'.
   """
   from rtda_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  raw_dirs = dict(zip(DOMAINS, synthetic.ensure_benchmark(data_config)))
+  unknown = check_unknown_label_ids(data_config.get('unknown_label_ids', 'error'))
+  domains = prepared_domains(data_config)
+  raw_dirs = synthetic.ensure_domains(data_config, domains)
   out = {}
-  for domain in DOMAINS:
+  for domain in domains:
     _, size = _configured(data_config, domain)
-    out[domain] = build(domain, raw_dirs[domain], data_dir_for(data_config, domain), size, num_threads)
+    out[domain] = build(domain, raw_dirs[domain], data_dir_for(data_config, domain), size, num_threads,
+                        unknown_label_ids=unknown)
     logging.info('%s ready at %s: %s', domain, out[domain].data_dir, dict(out[domain].info.splits))
   if raw_splits:
     target = data_config.target
     out[f'{target}_raw'] = build_raw(target, raw_dirs[target], data_dir_for(data_config, target), raw_splits,
-                                     num_threads)
+                                     num_threads, unknown_label_ids=unknown)
   return out
 
 
@@ -518,7 +697,7 @@ def _read_raw_sizes(data_dir: str, domain: str) -> dict[str, tuple[int, int]]:
 
 
 def build_raw(domain: str, raw_dir: str, data_dir: str, splits: Sequence[str],
-              num_threads: int | None = None) -> _SegmentationBuilder:
+              num_threads: int | None = None, unknown_label_ids: str = 'error') -> _SegmentationBuilder:
   """Builds (or reuses) `splits` of `domain` at the size of their raw files (one size for all of them) and records
   that size for `load_raw_builder`. A raw folder that is gone leaves the recorded size and build in use."""
   recorded = _read_raw_sizes(data_dir, domain)
@@ -530,7 +709,7 @@ def build_raw(domain: str, raw_dir: str, data_dir: str, splits: Sequence[str],
     raise DatasetError(f'The {domain} splits {sorted(sizes)} of {raw_dir!r} have different raw sizes {sizes} (HxW); '
                        'build them at their raw resolution one at a time.')
   size = next(iter(sizes.values()))
-  builder = build(domain, raw_dir, data_dir, size, num_threads, splits=splits)
+  builder = build(domain, raw_dir, data_dir, size, num_threads, splits=splits, unknown_label_ids=unknown_label_ids)
   with _file_lock(os.path.join(data_dir, f'.{domain}-raw-size.lock')):
     record = {**_read_raw_sizes(data_dir, domain), **sizes}
     path = _raw_size_path(data_dir, domain)
@@ -542,12 +721,13 @@ def build_raw(domain: str, raw_dir: str, data_dir: str, splits: Sequence[str],
 
 
 def load_builder(data_config: ml_collections.ConfigDict, name: str) -> _SegmentationBuilder:
-  """The built dataset `name` ('gta5' | 'cityscapes') for reading; DatasetError if it was not built yet."""
+  """The built dataset `name` ('gta5' | 'cityscapes' | 'synthia') for reading; DatasetError if it was not built yet."""
   _, size = _configured(data_config, name)
   builder = make_builder(name, data_dir_for(data_config, name), size)
   if not _is_prepared(builder):
-    raise DatasetError(f'Dataset {name!r} at {size_name(size)} is not built in {os.fspath(builder.data_dir)!r}. Run '
-                       '`python main.py --config=<config> --mode=prepare` (or rtda_jax.data.builders.prepare) first.')
+    raise MissingDatasetError(
+        f'Dataset {name!r} at {size_name(size)} is not built in {os.fspath(builder.data_dir)!r}. Run '
+        '`python main.py --config=<config> --mode=prepare` (or rtda_jax.data.builders.prepare) first.')
   return builder
 
 
@@ -558,7 +738,8 @@ def load_raw_builder(data_config: ml_collections.ConfigDict, name: str, split: s
   size = _read_raw_sizes(data_dir, name).get(split)
   builder = None if size is None else make_builder(name, data_dir, size)
   if builder is None or not _is_prepared(builder) or split not in builder.info.splits:
-    raise DatasetError(f'The {name} {split} split is not built at its raw resolution in {data_dir!r}. Run '
-                       '`python main.py --config=<config> --mode=prepare` with the same eval.protocol (or '
-                       f'rtda_jax.data.builders.prepare(data_config, raw_splits=[{split!r}])) first.')
+    raise MissingDatasetError(
+        f'The {name} {split} split is not built at its raw resolution in {data_dir!r}. Run '
+        '`python main.py --config=<config> --mode=prepare` with the same eval.protocol (or '
+        f'rtda_jax.data.builders.prepare(data_config, raw_splits=[{split!r}])) first.')
   return builder

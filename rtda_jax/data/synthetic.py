@@ -10,6 +10,8 @@ shape and context identify a class. Image i of a domain is a function of (seed, 
 
   write_gta5(out_dir, num_images, size, seed)         -> images/00001.png, labels/00001.png ('P' label ids)
   write_cityscapes(out_dir, num_train, num_val, ...)  -> leftImg8bit/<split>/<city>/..., gtFine/<split>/<city>/...
+  write_synthia(out_dir, num_images, size, seed)      -> RGB/0000000.png, GT/LABELS/0000000.png (16-bit SYNTHIA ids)
+  ensure_domains(config.data, domains)                 -> {domain: folder}, each embedded one generated once
   ensure_benchmark(config.data)                        -> (gta5 folder, cityscapes folder), generated once
 """
 
@@ -30,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rtda_jax import labels
-from rtda_jax.data import synthetic_draw, synthetic_objects
+from rtda_jax.data import synthetic_draw, synthetic_objects, synthia
 from rtda_jax.data.synthetic_styles import STYLES, Style, get_style  # noqa: F401 (re-exported)
 
 GENERATOR_VERSION = 2  # bump when the drawing code changes what a seed produces: benchmarks are then regenerated
@@ -68,11 +70,27 @@ def _label_palette() -> list[int]:
 _PALETTE = _label_palette()
 
 
+def _cityscapes_to_synthia() -> np.ndarray:
+  """[256] uint16: Cityscapes label id -> the SYNTHIA class id of the same train id; 0 (void) for the rest."""
+  by_train = {l.train_id: l.id for l in labels.SYNTHIA_LABELS if l.train_id != labels.IGNORE}
+  lut = np.zeros(256, np.uint16)
+  for l in labels.LABELS:
+    if l.id >= 0 and l.train_id in by_train:
+      lut[l.id] = by_train[l.train_id]
+  return lut
+
+
+CITYSCAPES_TO_SYNTHIA = _cityscapes_to_synthia()
+
+
 def _write_one(task: tuple) -> None:
   """Generates one image and writes its two PNGs (a multiprocessing task)."""
   style, seed, split, index, size, image_path, label_path, label_mode = task
   image, label = generate(style, seed, split, index, size)
   Image.fromarray(image).save(image_path, compress_level=1)
+  if label_mode == 'synthia':  # 16-bit RGB, SYNTHIA class id in the first channel
+    synthia.write_label(label_path, CITYSCAPES_TO_SYNTHIA[label])
+    return
   label_img = Image.fromarray(label)  # mode 'L'
   if label_mode == 'P':
     label_img.putpalette(_PALETTE)  # turns it into a 'P' image whose indices are the label ids
@@ -108,6 +126,17 @@ def write_gta5(out_dir: str, num_images: int, size: tuple[int, int] = (128, 256)
   tasks = [(style, seed, 'train', i, tuple(size), os.path.join(out_dir, 'images', f'{i + 1:05d}.png'),
             os.path.join(out_dir, 'labels', f'{i + 1:05d}.png'), 'P') for i in range(num_images)]
   _run(tasks, workers, f'synthetic GTA5 ({style.name})')
+  return out_dir
+
+
+def write_synthia(out_dir: str, num_images: int, size: tuple[int, int] = (128, 256), seed: int = 0,
+                  style: Style | str = 'synthia', workers: int | None = None) -> str:
+  """Writes SYNTHIA-RAND-CITYSCAPES' layout: `out_dir/RGB/0000000.png` and `out_dir/GT/LABELS/0000000.png` (16-bit
+  RGB, the SYNTHIA class id in the first channel, as the real labels)."""
+  style = get_style(style)
+  tasks = [(style, seed, 'train', i, tuple(size), os.path.join(out_dir, synthia.IMAGE_DIR, f'{i:07d}.png'),
+            os.path.join(out_dir, synthia.LABEL_DIR, f'{i:07d}.png'), 'synthia') for i in range(num_images)]
+  _run(tasks, workers, f'synthetic SYNTHIA ({style.name})')
   return out_dir
 
 
@@ -180,26 +209,55 @@ def _ensure(out_dir: str, params: dict, write) -> str:
   return out_dir
 
 
+def _ensure_gta5(data_config, root: str, workers: int | None) -> str:
+  syn = data_config.synthetic
+  style = get_style(getattr(syn, 'source_style', 'gta5'))
+  params = dict(version=GENERATOR_VERSION, layout='gta5', style=style.name, style_hash=_style_fingerprint(style),
+                seed=syn.seed, size=tuple(syn.gta5_size), num_images=syn.num_gta5)
+  return _ensure(os.path.join(root, 'gta5'), params, lambda d: write_gta5(
+      d, syn.num_gta5, tuple(syn.gta5_size), syn.seed, style, workers))
+
+
+def _ensure_synthia(data_config, root: str, workers: int | None) -> str:
+  syn = data_config.synthetic
+  style = get_style('synthia')
+  params = dict(version=GENERATOR_VERSION, layout='synthia', style=style.name, style_hash=_style_fingerprint(style),
+                seed=syn.seed, size=tuple(syn.synthia_size), num_images=syn.num_synthia)
+  return _ensure(os.path.join(root, 'synthia'), params, lambda d: write_synthia(
+      d, syn.num_synthia, tuple(syn.synthia_size), syn.seed, style, workers))
+
+
+def _ensure_cityscapes(data_config, root: str, workers: int | None) -> str:
+  syn = data_config.synthetic
+  style = get_style(syn.target_style)
+  params = dict(version=GENERATOR_VERSION, layout='cityscapes', style=style.name,
+                style_hash=_style_fingerprint(style), seed=syn.seed, size=tuple(syn.cityscapes_size),
+                num_train=syn.num_cityscapes_train, num_val=syn.num_cityscapes_val)
+  return _ensure(os.path.join(root, 'cityscapes'), params, lambda d: write_cityscapes(
+      d, syn.num_cityscapes_train, syn.num_cityscapes_val, tuple(syn.cityscapes_size), syn.seed, style, workers))
+
+
+_ENSURE = {'gta5': _ensure_gta5, 'cityscapes': _ensure_cityscapes, 'synthia': _ensure_synthia}
+
+
+def ensure_domains(data_config, domains, workers: int | None = None) -> dict[str, str]:
+  """{domain: raw folder} for `domains` ('gta5', 'cityscapes', 'synthia'): `data.<domain>_dir` where set, else the
+  embedded benchmark's `<root>/synthetic/<domain>`, generated unless a complete one with the same parameters is
+  already there. Only the domains asked for are generated (a GTA5 run never writes the SYNTHIA benchmark)."""
+  root = os.path.join(data_config.root, 'synthetic')
+  out = {}
+  for domain in domains:
+    if domain not in _ENSURE:
+      raise ValueError(f'Unknown dataset {domain!r}; choose one of {tuple(_ENSURE)}.')
+    out[domain] = data_config.get(f'{domain}_dir') or _ENSURE[domain](data_config, root, workers)
+  return out
+
+
 def ensure_benchmark(data_config, workers: int | None = None) -> tuple[str, str]:
   """(GTA5 folder, Cityscapes folder) for `config.data`: the real folders where set, else the embedded benchmark
   under <root>/synthetic/, generated unless a complete one with the same parameters is already there."""
-  syn = data_config.synthetic
-  root = os.path.join(data_config.root, 'synthetic')
-  gta5_dir, cityscapes_dir = data_config.gta5_dir, data_config.cityscapes_dir
-  if not gta5_dir:
-    style = get_style(getattr(syn, 'source_style', 'gta5'))
-    params = dict(version=GENERATOR_VERSION, layout='gta5', style=style.name, style_hash=_style_fingerprint(style),
-                  seed=syn.seed, size=tuple(syn.gta5_size), num_images=syn.num_gta5)
-    gta5_dir = _ensure(os.path.join(root, 'gta5'), params, lambda d: write_gta5(
-        d, syn.num_gta5, tuple(syn.gta5_size), syn.seed, style, workers))
-  if not cityscapes_dir:
-    style = get_style(syn.target_style)
-    params = dict(version=GENERATOR_VERSION, layout='cityscapes', style=style.name,
-                  style_hash=_style_fingerprint(style), seed=syn.seed, size=tuple(syn.cityscapes_size),
-                  num_train=syn.num_cityscapes_train, num_val=syn.num_cityscapes_val)
-    cityscapes_dir = _ensure(os.path.join(root, 'cityscapes'), params, lambda d: write_cityscapes(
-        d, syn.num_cityscapes_train, syn.num_cityscapes_val, tuple(syn.cityscapes_size), syn.seed, style, workers))
-  return gta5_dir, cityscapes_dir
+  dirs = ensure_domains(data_config, ('gta5', 'cityscapes'), workers)
+  return dirs['gta5'], dirs['cityscapes']
 
 
 def measure_speed(size: tuple[int, int] = (128, 256), num_images: int = 20, style: Style | str = 'gta5',
