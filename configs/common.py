@@ -5,11 +5,18 @@ Every number a run depends on lives here or in the config that overrides it; now
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
-# Preset names understood by every config: the model and the scale.
+from rtda_jax import errors
+
+# Preset names understood by every config: the model, the scale and the source domain.
 MODEL_PRESETS = ('bisenet', 'deeplabv2')
 SCALE_PRESETS = ('demo', 'paper', 'course')
+# `synthia`: SYNTHIA-RAND-CITYSCAPES (or the embedded benchmark's SYNTHIA-like domain) as the labelled source, set
+# before the scale preset so that `paper` / `course` take SYNTHIA's sizes (e.g. `adv.py:deeplabv2,paper,synthia`).
+SOURCE_PRESETS = ('synthia',)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -28,11 +35,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.root = 'data'  # generated benchmark and built datasets live here (git-ignored)
   data.gta5_dir = ml_collections.FieldReference(None, field_type=str)  # raw GTA5 folder; None = embedded benchmark
   data.cityscapes_dir = ml_collections.FieldReference(None, field_type=str)  # raw Cityscapes folder; None = benchmark
-  data.source = 'gta5'  # the labelled training domain ('gta5' or 'cityscapes')
+  data.synthia_dir = ml_collections.FieldReference(None, field_type=str)  # raw SYNTHIA-RAND-CITYSCAPES; None = benchmark
+  # The labelled training domain: 'gta5', 'synthia' (19 outputs, terrain/truck/train ignored; evaluated over 16 / 13
+  # classes) or 'cityscapes' (the oracle). `--config.data.source=synthia` works for every config; at the `paper` /
+  # `course` scale use the `synthia` preset instead, which also sets the SYNTHIA training sizes of the recipe.
+  data.source = 'gta5'
   data.target = 'cityscapes'  # the domain evaluated on (and the unlabelled one for adaptation)
   # Resolution the TFDS builders store, [H, W]. The course settings: GTA5 720x1280, Cityscapes 512x1024.
   data.gta5_size = (128, 256)
   data.cityscapes_size = (128, 256)
+  data.synthia_size = (128, 256)  # real SYNTHIA-RAND-CITYSCAPES is 760x1280
   # Fixed training shape [H, W] each domain is resized / cropped to before batching.
   data.source_train_size = (128, 256)
   data.target_train_size = (128, 256)
@@ -40,6 +52,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.num_workers = 2  # grain worker processes per pipeline (0 = in the main process)
   data.prefetch = 2
   data.eval_batch_size = 8
+  # Raw label ids that are neither in the dataset's id table nor an ignore value: 'error' (prepare stops, naming the
+  # file and the ids) or 'ignore' (they become 255 on purpose).
+  data.unknown_label_ids = 'error'
   # Rare-class sampling (DAFormer's RCS) of the source domain: class c with p ~ exp((1 - f_c) / T), then an image
   # holding more than `min_pixels` pixels of c (DAFormer: 3000 at GTA5's 1914x1052; scaled with the stored size
   # when 0).
@@ -54,6 +69,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   syn.gta5_size = (128, 256)  # [H, W] of generated source images
   syn.cityscapes_size = (128, 256)  # [H, W] of generated target images
   syn.num_gta5 = 1200
+  syn.synthia_size = (128, 256)  # [H, W] of generated SYNTHIA-like images (written only when data.source is synthia)
+  syn.num_synthia = 1200
   syn.num_cityscapes_train = 1000
   syn.num_cityscapes_val = 200
   syn.target_style = 'cityscapes'  # renderer style of the target domain (see synthetic.STYLES)
@@ -99,6 +116,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 200
   train.max_checkpoints = 2
   train.stop_after_steps = 0  # >0: checkpoint and stop after this many steps of this invocation (job time slots)
+  # Resume from this kept step of checkpoints/last (later ones are moved to checkpoints/set_aside/); None = the
+  # newest. For a damaged newest checkpoint or a diverged run: pass it once, not in a requeued job script.
+  train.resume_step = ml_collections.FieldReference(None, field_type=int)
 
   # ---- evaluation -------------------------------------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
@@ -114,6 +134,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   ev.protocol = 'stored'
   ev.input_size = (512, 1024)  # [H, W] the image is fed at by the 'adaptsegnet' and 'dacs' protocols
   ev.align_corners = False  # upsampling of the prediction to the scored size (the DeepLab-v2 references: True)
+  # Classes the means average over: 'all' (every class), 'synthia16' (SYNTHIA -> Cityscapes: mIoU over the 16 shared
+  # classes and mIoU* over 13, without wall, fence, pole), 'auto' = 'synthia16' when data.source is 'synthia'.
+  ev.class_set = 'auto'
 
   # ---- benchmark (--mode=benchmark) ---------------------------------------------------------------------------
   config.benchmark = bench = ml_collections.ConfigDict()
@@ -125,6 +148,39 @@ def get_base_config() -> ml_collections.ConfigDict:
   bench.methods = ('supervised', 'adversarial')  # training steps to time; () = forward only
   bench.train_batch_size = 0  # per domain; 0 = train.batch_size (at most 2 on CPU)
   bench.adv = adversarial_defaults()  # the adversarial step's settings where the config has no `adv`
+
+  # ---- Frechet distance (--mode=fid): two image sets through one feature network (rtda_jax/fid.py) -------------
+  config.fid = fd = ml_collections.ConfigDict()
+  fd.a = 'source:train'  # an image set: '<source|target|gta5|cityscapes>:<split>' or a folder of images (recursive)
+  fd.b = 'target:train'
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or it converted to .npz): FID's Inception-v3 pool3 features.
+  # None: the features of the run `feature_workdir` (not comparable with published FID). Nothing is downloaded.
+  fd.inception_weights = ml_collections.FieldReference(None, field_type=str)
+  fd.feature_workdir = DEMO_SOURCE_WORKDIR  # WORKDIR[:best|last|STEP] whose segmentation net gives the features
+  fd.image_size = ()  # [H, W] images are resized to for that network; () = data.target_train_size (Inception: 299)
+  fd.batch_size = 16  # images per forward pass (a multiple of the devices in use)
+  fd.max_images = 0  # at most this many images of each set, in order; 0 = all
+
+  # ---- predict (--mode=predict): a run's model on own images / a video (rtda_jax/predict.py) ------------------
+  config.predict = pred = ml_collections.ConfigDict()
+  pred.input = ''  # an image, a folder of images (recursive) or a video file
+  pred.output = ''  # output folder; '' = <workdir>/predict
+  pred.checkpoint = 'best'  # 'best' | 'last' | a step
+  pred.resize = 'pad'  # 'pad': full size, zero-padded to pad_multiple and cropped back; 'resize': to `size` and back
+  pred.size = ()  # [H, W] the network sees under 'resize'; () = data.<target>_size (what the run evaluated at)
+  pred.pad_multiple = 32  # BiSeNet downsamples 32x
+  pred.batch_size = 4  # images of one size per forward pass
+  pred.alpha = 0.5  # opacity of the colour mask in the overlays
+  pred.write = 'color,overlay,trainIds,labelIds'  # which outputs (a video: MP4s of color / overlay)
+  pred.fps = 0.0  # frame rate of the output videos; 0 = the input's
+
+  # ---- export (--mode=export): the eval forward pass as StableHLO or ONNX (rtda_jax/export.py) -----------------
+  config.export = exp = ml_collections.ConfigDict()
+  exp.format = 'stablehlo'  # 'stablehlo' (jax.export) | 'onnx' (jax2onnx, optional)
+  exp.output = 'softmax'  # 'softmax' (probabilities [B, H, W, K]) | 'argmax' (train ids [B, H, W])
+  exp.checkpoint = 'best'  # 'best' | 'last' | a step
+  exp.input_size = ()  # [H, W] of the exported input; () = data.<target>_size; the batch is symbolic
+  exp.platforms = ('cpu', 'cuda')  # StableHLO lowered for these (jax.export platforms)
 
   return config
 
@@ -152,7 +208,11 @@ def split_preset(arg: str | None) -> list[str]:
 
 
 # Images in the real datasets' training splits, to turn epochs into steps for the course preset.
-REAL_TRAIN_IMAGES = {'gta5': 24966, 'cityscapes': 2975}
+REAL_TRAIN_IMAGES = {'gta5': 24966, 'cityscapes': 2975, 'synthia': 9400}
+# [H, W] each source's real images are stored at by the reference recipes: GTA5 resized to 1280x720, SYNTHIA to
+# 1280x760 (AdaptSegNet's paper, Sec. 5.2; FDA data/__init__.py l.10 image_sizes; DAFormer's synthia config),
+# Cityscapes to 1024x512.
+REAL_STORED_SIZE = {'gta5': (720, 1280), 'synthia': (760, 1280), 'cityscapes': (512, 1024)}
 
 # Initial weights the `paper` / `course` presets expect in model.pretrained (see README "Initial weights"). The
 # checksum is the one published in each file's name (torch.hub's convention: the first 8 hex digits of its SHA-256).
@@ -179,14 +239,16 @@ def apply_model_preset(config: ml_collections.ConfigDict, name: str) -> None:
     config.model.bn_mode = 'batch'  # the references: BN affine frozen, batch statistics in training
     config.model.pretrained_hint = PRETRAINED_WEIGHTS['deeplab_imagenet']
   else:
-    raise ValueError(f'Unknown model preset {name!r}; choose one of {MODEL_PRESETS}.')
+    raise errors.ConfigError(f'Unknown model preset {name!r}; choose one of {MODEL_PRESETS}.')
 
 
 def _real_data(config: ml_collections.ConfigDict, gta5_hw: tuple[int, int], cityscapes_hw: tuple[int, int]) -> None:
-  """Stored sizes of the real datasets, the real-data logging/checkpoint cadence and the `paper` scale flag."""
+  """Stored sizes of the real datasets (SYNTHIA at its 760x1280), the real-data logging/checkpoint cadence and the
+  `paper` scale flag."""
   config.scale = 'paper'
   data = config.data
   data.gta5_size, data.cityscapes_size = gta5_hw, cityscapes_hw
+  data.synthia_size = REAL_STORED_SIZE['synthia']
   data.num_workers = 8
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 2000
@@ -194,13 +256,14 @@ def _real_data(config: ml_collections.ConfigDict, gta5_hw: tuple[int, int], city
 
 
 def apply_adaptsegnet_recipe(config: ml_collections.ConfigDict) -> None:
-  """AdaptSegNet (train_gta2cityscapes_multi.py l.27-53): batch 1; GTA5 resized to 1280x720 and Cityscapes to
-  1024x512, no crop, no augmentation; SGD 2.5e-4 (x10 classifiers), momentum 0.9, weight decay 5e-4, poly 0.9 over
-  250k steps stopped at 150k; evaluated at 1024x512 against the full-resolution labels, align_corners=True."""
+  """AdaptSegNet (train_gta2cityscapes_multi.py l.27-53): batch 1; GTA5 resized to 1280x720 (SYNTHIA, preset
+  `synthia`: 1280x760, the paper's Sec. 5.2, same schedule) and Cityscapes to 1024x512, no crop, no augmentation;
+  SGD 2.5e-4 (x10 classifiers), momentum 0.9, weight decay 5e-4, poly 0.9 over 250k steps stopped at 150k;
+  evaluated at 1024x512 against the full-resolution labels, align_corners=True."""
   _real_data(config, (720, 1280), (512, 1024))
   t, data = config.train, config.data
   data.resize_mode = 'resize'
-  data.source_train_size = (720, 1280) if data.source == 'gta5' else (512, 1024)
+  data.source_train_size = REAL_STORED_SIZE[data.source]
   data.target_train_size = (512, 1024)
   t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.poly_power = 1, 2.5e-4, 0.9, 5e-4, 0.9
   t.schedule_steps, t.num_steps = 250_000, 150_000
@@ -210,8 +273,8 @@ def apply_adaptsegnet_recipe(config: ml_collections.ConfigDict) -> None:
 
 
 def apply_fda_recipe(config: ml_collections.ConfigDict) -> None:
-  """FDA (options/train_options.py l.24-31, data/__init__.py l.10): batch 1; GTA5 resized to 1280x720 and randomly
-  cropped to 1024x512, Cityscapes resized to 1024x512; SGD 2.5e-4, poly 0.9 over 150k steps stopped at 100k;
+  """FDA (options/train_options.py l.24-31, data/__init__.py l.10): batch 1; GTA5 resized to 1280x720 (SYNTHIA:
+  1280x760) and randomly cropped to 1024x512, Cityscapes resized to 1024x512; SGD 2.5e-4, poly 0.9 over 150k steps stopped at 100k;
   evaluated as AdaptSegNet."""
   apply_adaptsegnet_recipe(config)
   config.data.resize_mode = 'crop'  # the Cityscapes images are stored at the crop size: their crop is the image
@@ -222,7 +285,8 @@ def apply_fda_recipe(config: ml_collections.ConfigDict) -> None:
 def apply_dacs_recipe(config: ml_collections.ConfigDict) -> None:
   """DACS (configs/configUDA.json l.6-38): batch 2, 512x512 random crops of GTA5 at 1280x720 and Cityscapes at
   1024x512, SGD 2.5e-4 (x10 classifiers), poly 0.9 over 250k iterations, MS-COCO init; evaluated at 512x1024,
-  align_corners=True."""
+  align_corners=True. SYNTHIA (preset `synthia`): the same recipe from SYNTHIA at 1280x760 (the DACS paper, Sec. 4.1;
+  its released trainUDA.py wires only GTA5, data/synthia_dataset.py resizes to the size it is given)."""
   _real_data(config, (720, 1280), (512, 1024))
   t, data = config.train, config.data
   data.resize_mode = 'crop'
@@ -236,7 +300,7 @@ def apply_dacs_recipe(config: ml_collections.ConfigDict) -> None:
 
 def apply_course_recipe(config: ml_collections.ConfigDict) -> None:
   """The real-time course setting (REFERENCES.md, "Course setting for BiSeNet"), one recipe for every config so a
-  course table compares like with like: GTA5 stored at 720x1280, Cityscapes at 512x1024, random 512x1024 crops,
+  course table compares like with like: GTA5 stored at 720x1280 (SYNTHIA at 760x1280), Cityscapes at 512x1024, random 512x1024 crops,
   batch 2, SGD lr 2.5e-4 x batch, poly 0.9, 50 epochs of the training domain; discriminators (adv.py) at
   1e-4 x batch; scored at the stored 512x1024 labels."""
   _real_data(config, (720, 1280), (512, 1024))
@@ -257,19 +321,20 @@ DEMO_ADAPT_STEPS = 150
 DEMO_SOURCE_WORKDIR = 'runs/source_only'
 
 
-def demo_source_workdir(model_config: ml_collections.ConfigDict) -> str:
-  """runs/source_only for BiSeNet (the main command's first stage); one folder per other architecture, so that a
-  DeepLab-v2 (or multi-level DeepLab-v2) adaptation never meets another model's weights."""
-  if model_config.name == 'bisenet':
-    return DEMO_SOURCE_WORKDIR
-  return f"{DEMO_SOURCE_WORKDIR}_{model_config.name}{'_multilevel' if model_config.get('multi_level') else ''}"
+def demo_source_workdir(model_config: ml_collections.ConfigDict, source: str = 'gta5') -> str:
+  """runs/source_only for BiSeNet on GTA5 (the main command's first stage); one folder per other architecture and
+  per other source (runs/source_only_synthia, ...), so that an adaptation never meets another model's weights or a
+  model trained on another source."""
+  arch = '' if model_config.name == 'bisenet' else (
+      f"_{model_config.name}{'_multilevel' if model_config.get('multi_level') else ''}")
+  return f"{DEMO_SOURCE_WORKDIR}{arch}{'' if source == 'gta5' else f'_{source}'}"
 
 
 def apply_warm_start_demo(config: ml_collections.ConfigDict) -> None:
   """At the demo scale, an adaptation config starts from the source-only run (training it first if missing)."""
   if config.scale != 'demo':
     return
-  config.model.init_from = demo_source_workdir(config.model)
+  config.model.init_from = demo_source_workdir(config.model, config.data.source)
   config.model.init_steps = DEMO_SOURCE_STEPS
   config.train.num_steps = DEMO_ADAPT_STEPS
   config.train.checkpoint_every_steps = config.eval.every_steps = DEMO_ADAPT_STEPS
@@ -279,16 +344,25 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
                   own: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   """Applies the shared presets of 'a,b,...' (either order, ':' or ',' separated): the model first, then the scale
   (`paper`: `recipe`, the config's reference recipe for DeepLab-v2, the course recipe for BiSeNet; `course`: the
-  course recipe for BiSeNet). `own` are the config's own preset names, which this skips (the config applies them).
+  course recipe for BiSeNet), with the source preset (`synthia`: data.source='synthia') before the scale, so the
+  recipes take its sizes. `own` are the config's own preset names, which this skips (the config applies them).
   The config sets `recipe` before calling. Returns the config."""
   presets = split_preset(arg)
-  unknown = [p for p in presets if p not in MODEL_PRESETS + SCALE_PRESETS + tuple(own)]
+  known = tuple(own) + MODEL_PRESETS + SCALE_PRESETS + SOURCE_PRESETS
+  unknown = [p for p in presets if p not in known]
   if unknown:
-    raise ValueError(f'Unknown preset {unknown[0]!r} for config {config.name!r}; its presets: '
-                     f'{", ".join(tuple(own) + MODEL_PRESETS + SCALE_PRESETS)}.')
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    raise errors.ConfigError(f'Unknown preset {unknown[0]!r} for config {config.name!r}'
+                             f'{f" (did you mean {close[0]!r}?)" if close else ""}; its presets: {", ".join(known)} '
+                             '(combine them with commas).')
   if 'course' in presets and 'deeplabv2' in presets:
-    raise ValueError(f'Preset `course` is the BiSeNet course setting (config {config.name!r}); for DeepLab-v2 use '
-                     '`deeplabv2,paper`, its reference recipe.')
+    raise errors.ConfigError(f'Preset `course` is the BiSeNet course setting (config {config.name!r}); for '
+                             'DeepLab-v2 use `deeplabv2,paper`, its reference recipe.')
+  if 'synthia' in presets:
+    if config.data.source == 'cityscapes':
+      raise errors.ConfigError(f'Preset `synthia` sets the labelled source domain; config {config.name!r} trains on '
+                               'Cityscapes itself (the oracle). Drop the preset.')
+    config.data.source = 'synthia'
   if 'course' in presets:
     apply_model_preset(config, 'bisenet')
   for p in presets:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import common
-from rtda_jax import labels
+from rtda_jax import errors, labels
 from rtda_jax.data import builders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +34,16 @@ def _save(array: np.ndarray, path: str, mode: str | None = None) -> None:
   im.save(path)
 
 
+# Raw label ids the fixtures draw from: the table's ids 0..33 and the ignore value 255 (other ids are an error).
+FIXTURE_IDS = np.array([*range(34), 255], np.uint8)
+
+
 def write_gta5(root: str, n: int, hw=HW, seed: int = 0) -> str:
-  """images/NNNNN.png (RGB) and labels/NNNNN.png ('P', indices = label ids 0..255)."""
+  """images/NNNNN.png (RGB) and labels/NNNNN.png ('P', indices = label ids 0..33 and 255)."""
   rng = np.random.default_rng(seed)
   for i in range(1, n + 1):
     _save(rng.integers(0, 256, (*hw, 3), dtype=np.uint8), os.path.join(root, 'images', f'{i:05d}.png'))
-    _save(rng.integers(0, 256, hw, dtype=np.uint8), os.path.join(root, 'labels', f'{i:05d}.png'), 'P')
+    _save(rng.choice(FIXTURE_IDS, hw), os.path.join(root, 'labels', f'{i:05d}.png'), 'P')
   return root
 
 
@@ -52,8 +56,7 @@ def write_cityscapes(root: str, per_city: int, hw=HW, seed: int = 1, cities=('aa
         stem = f'{city}_{i:06d}_000019'
         _save(rng.integers(0, 256, (*hw, 3), dtype=np.uint8),
               os.path.join(root, 'leftImg8bit', split, city, f'{stem}_leftImg8bit.png'))
-        _save(rng.integers(0, 40, hw, dtype=np.uint8),
-              os.path.join(root, 'gtFine', split, city, f'{stem}_gtFine_labelIds.png'))
+        _save(rng.choice(FIXTURE_IDS, hw), os.path.join(root, 'gtFine', split, city, f'{stem}_gtFine_labelIds.png'))
         _save(np.zeros((*hw, 3), np.uint8), os.path.join(root, 'gtFine', split, city, f'{stem}_gtFine_color.png'))
   return root
 
@@ -114,15 +117,55 @@ def test_cityscapes_build_at_raw_size_is_exact(tmp_path):
     np.testing.assert_array_equal(decode(val[i]['label']), independent_train_ids(lab))
 
 
-def test_ids_outside_the_table_become_ignore(tmp_path):
+def _one_label(raw: str, ids: np.ndarray, name: str = '00001.png') -> None:
+  _save(np.zeros((*ids.shape, 3), np.uint8), os.path.join(raw, 'images', name))
+  _save(ids, os.path.join(raw, 'labels', name), 'P')
+
+
+OUTSIDE = np.array([[7, 26, 34, 200], [0, 33, 255, 99]], np.uint8).repeat(4, 0).repeat(4, 1)  # [8, 16]: 34, 99, 200
+
+
+def test_ids_outside_the_table_are_an_error_naming_the_file_and_the_ids(tmp_path):
   raw = str(tmp_path / 'gta')
-  ids = np.array([[7, 26, 34, 200], [0, 33, 255, 99]], np.uint8).repeat(4, 0).repeat(4, 1)  # [8, 16]
-  _save(np.zeros((8, 16, 3), np.uint8), os.path.join(raw, 'images', '00001.png'))
-  _save(ids, os.path.join(raw, 'labels', '00001.png'), 'P')
-  b = builders.build('gta5', raw, str(tmp_path / 'tfds'), (8, 16))
+  _one_label(raw, OUTSIDE)
+  with pytest.raises(builders.DatasetError) as err:
+    builders.build('gta5', raw, str(tmp_path / 'tfds'), (8, 16))
+  message = str(err.value)
+  assert os.path.join(raw, 'labels', '00001.png') in message and 'unknown_label_ids=ignore' in message
+  assert '34 (16 px), 99 (16 px), 200 (16 px)' in message  # each id covers one 4x4 block
+  assert not (tmp_path / 'tfds' / 'gta5').exists() or not any((tmp_path / 'tfds' / 'gta5').rglob('*.array_record*'))
+
+
+def test_ids_outside_the_table_become_ignore_when_asked(tmp_path):
+  raw = str(tmp_path / 'gta')
+  _one_label(raw, OUTSIDE)
+  b = builders.build('gta5', raw, str(tmp_path / 'tfds'), (8, 16), unknown_label_ids='ignore')
   label = decode(b.as_data_source('train')[0]['label'])
   expected = np.array([[0, 13, 255, 255], [255, 18, 255, 255]], np.uint8).repeat(4, 0).repeat(4, 1)
   np.testing.assert_array_equal(label, expected)
+
+
+def test_a_split_whose_labels_are_all_ignore_is_an_error(tmp_path):
+  """The fault sweep's case: a GTA5 folder whose labels are all 200 prepared and trained with loss 0.0."""
+  raw = str(tmp_path / 'gta')
+  for i in (1, 2):
+    _one_label(raw, np.full((8, 16), 200, np.uint8), f'{i:05d}.png')
+  with pytest.raises(builders.DatasetError, match=r"00001.png' holds ids 200 \(128 px\)"):
+    builders.prepare(data_config(str(tmp_path / 'data'), raw, write_cityscapes(str(tmp_path / 'cs'), 1), (8, 16)))
+  with pytest.raises(builders.DatasetError, match=r'Every label of the gta5 train split .* is ignore.*none of its 2 '
+                                                  r'label files.*unknown_label_ids=ignore'):
+    builders.build('gta5', raw, str(tmp_path / 'tfds'), (8, 16), unknown_label_ids='ignore')
+  _one_label(raw, np.full((8, 16), 255, np.uint8), '00003.png')  # ignore ids only: the same error without the option
+  for i in (1, 2):
+    _one_label(raw, np.array([[0, 1, 255]], np.uint8).repeat(8, 0).repeat(6, 1)[:, :16], f'{i:05d}.png')
+  with pytest.raises(builders.DatasetError, match='Every label of the gta5 train split'):
+    builders.build('gta5', raw, str(tmp_path / 'tfds'), (8, 16))
+  assert not any((tmp_path / 'tfds').rglob('*.array_record*'))
+
+
+def test_unknown_label_ids_option_is_checked(tmp_path):
+  with pytest.raises(errors.ConfigError, match="unknown_label_ids='maybe'"):
+    builders.build('gta5', str(tmp_path), str(tmp_path / 'tfds'), (8, 16), unknown_label_ids='maybe')
 
 
 def test_many_shards_keep_the_order(tmp_path, monkeypatch):
@@ -189,6 +232,9 @@ def test_gta5_errors_name_the_file_and_write_nothing(tmp_path, case):
     builders.build('gta5', raw, str(tmp_path / 'tfds'), STORED)
   message = str(err.value)
   assert os.path.join(str(tmp_path), fragment) in message or (fragment in message and str(tmp_path) in message)
+  assert isinstance(err.value, errors.DataError)  # a user error: main.py prints the message alone, exit 2
+  missing = case in ('missing folder', 'no images folder', 'image without label', 'label without image')
+  assert isinstance(err.value, errors.MissingFileError) == missing
   if other:
     assert other in message
   built = tmp_path / 'tfds' / 'gta5'
@@ -294,6 +340,7 @@ def _fake_synthetic(monkeypatch, gta5_dir: str, cityscapes_dir: str) -> list:
 
   fake = types.ModuleType('rtda_jax.data.synthetic')
   fake.ensure_benchmark = ensure_benchmark
+  fake.ensure_domains = lambda data_config, domains: dict(zip(('gta5', 'cityscapes'), ensure_benchmark(data_config)))
   import rtda_jax.data  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(sys.modules, 'rtda_jax.data.synthetic', fake)
   monkeypatch.setattr(rtda_jax.data, 'synthetic', fake, raising=False)

@@ -15,8 +15,8 @@ import pytest
 from configs import dacs as dacs_config
 from rtda_jax import app, methods
 from rtda_jax.methods import base, dacs
-from tests.trainer_utils import (TINY_MODEL, TinySeg, assert_trees_equal, override, read_eval, restore_params,
-                                 steps_on_mesh, tiny_config)
+from tests.trainer_utils import (TINY_MODEL, U32, TinySeg, assert_same_up_to_summation_order, assert_trees_equal,
+                                 initial_state, override, read_eval, restore_params, steps_on_mesh, tiny_config)
 
 SHAPE = (32, 32)
 C = 19
@@ -234,10 +234,12 @@ def test_one_and_eight_devices_give_the_same_dacs_steps():
   batch = jax.device_get(make_batch(8))
   (state1, m1), (state8, m8) = (steps_on_mesh(config, n, batch, SHAPE, num_steps=3) for n in (1, 8))
   assert 0 < m1['confident_fraction'] < 1
-  np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
-  np.testing.assert_allclose(m1['loss_mix'], m8['loss_mix'], rtol=1e-5)
-  assert_trees_equal(state1.seg.variables, state8.seg.variables, atol=1e-5)
-  assert_trees_equal(state1.teacher, state8.teacher, atol=1e-5)
+  n = 8 * SHAPE[0] * SHAPE[1]  # the longest float32 sums run over the batch's pixels (trainer_utils: the bound)
+  np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=3 * n * U32)  # step 3: earlier steps' differences too
+  np.testing.assert_allclose(m1['loss_mix'], m8['loss_mix'], rtol=3 * n * U32)
+  initial = initial_state(config, SHAPE)
+  assert_same_up_to_summation_order(state1.seg.variables, state8.seg.variables, initial.seg.variables, n, num_steps=3)
+  assert_same_up_to_summation_order(state1.teacher, state8.teacher, initial.teacher, n, num_steps=3)
 
 
 def test_dacs_run_resumes_bit_for_bit(tmp_path_factory):

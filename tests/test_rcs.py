@@ -245,8 +245,8 @@ def test_processes_draw_their_own_sequences(cfg, stats, monkeypatch):
       fake_processes(m, 2, index)
       it = pipeline.train_loader(cfg, 'gta5', 'train', 4, seed=3, shape=STORED, rare_class_sampling=True)
       got = np.concatenate([b['image'] for b in take(it, 10)])  # 10 batches of 2 per process
-    # process `index` reads global indices index, index + 2, index + 4, ...
-    expected = np.stack([images[sampler.draw(2 * k + index)[1]] for k in range(20)])
+    # process `index` reads its rows of each global batch of 4: global indices 4 s + 2 index + {0, 1}
+    expected = np.stack([images[sampler.draw(4 * (k // 2) + 2 * index + k % 2)[1]] for k in range(20)])
     np.testing.assert_array_equal(got, expected)
     seen.append(got)
   assert not np.array_equal(seen[0], seen[1])

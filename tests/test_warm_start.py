@@ -197,3 +197,13 @@ def test_a_half_trained_stage_is_finished_before_stage_two(data_root, tmp_path):
                                            'train.stop_after_steps': 1}), workdir=workdir)
   assert restore_params(stage)['seg']['step'] == 3
   assert restore_params(workdir)['seg']['step'] == 1
+
+
+def test_a_stage_trained_on_another_source_is_refused(two_stage, data_root, tmp_path):
+  """`--config.data.source=synthia` with the GTA5 demo's stage as init_from: an error naming both sources."""
+  from rtda_jax import errors
+  stage, _, _ = two_stage
+  config = tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3,
+                                            'data.source': 'synthia'})
+  with pytest.raises(errors.ConfigError, match="source-only run on 'gta5'.*adapts from 'synthia'"):
+    app.run(config, workdir=str(tmp_path / 'w'))

@@ -126,6 +126,41 @@ def assert_trees_equal(a, b, atol: float = 0.0) -> None:
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
+U32 = 2.0 ** -24  # float32 unit roundoff
+
+
+def initial_state(config, shape: tuple[int, int]):
+  """The state `steps_on_mesh` starts from (PRNGKey(0)), on the host."""
+  from rtda_jax import methods
+  return jax.device_get(methods.get_method(config).init(jax.random.PRNGKey(0), {'source': shape, 'target': shape}))
+
+
+def assert_same_up_to_summation_order(a, b, initial, n: int, num_steps: int = 1, adam_lr: float = 0.0) -> None:
+  """Trees `a` and `b` (the same steps run on other device counts) agree to what float32 sums in other orders can
+  differ by. A float32 sum of n terms, in any order, is within n u sum|terms| of the exact sum (u = 2^-24), and XLA
+  sums in other orders on 1 and 8 devices and on other CPUs (AVX2 / AVX-512 kernels); the longest sums of a step
+  (losses, BatchNorm statistics, weight gradients) run over at most n terms, each no larger than the largest update.
+  So each leaf within num_steps * n u * (the largest change of any leaf since `initial`) + 4 u |leaf| (the rounding of
+  the updates themselves). A data-parallel bug (a gradient summed instead of averaged: 8x the update) moves a leaf
+  by a whole update, far above this bound for n u << 1.
+
+  With `adam_lr` (leaves trained by Adam): Adam's update is lr m/(sqrt(v) + eps), so an element whose gradient is
+  within the rounding of 0 gets a normalised update whose sign is a coin toss; |m / sqrt(v)| <= 1.5 for the first
+  steps with betas (0.9, 0.99). Such elements (at most 1% of a leaf) may differ by up to 2 * 1.5 * lr per step."""
+  la, lb, l0 = (jax.tree_util.tree_leaves_with_path(t) for t in (a, b, initial))
+  assert [p for p, _ in la] == [p for p, _ in lb] == [p for p, _ in l0]
+  update = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(x0, np.float64))))
+               for (_, x), (_, x0) in zip(la, l0))
+  for (path, x), (_, y) in zip(la, lb):
+    x = np.asarray(x)
+    atol = num_steps * n * U32 * update + 4 * U32 * float(np.max(np.abs(x)))
+    if adam_lr:
+      off = np.abs(x.astype(np.float64) - np.asarray(y, np.float64)) > atol
+      assert off.mean() <= 0.01, f'{jax.tree_util.keystr(path)}: {off.sum()} of {off.size} elements off'
+      atol = atol + 3.0 * adam_lr * num_steps if off.any() else atol
+    np.testing.assert_allclose(x, np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
 def read_eval(workdir: str) -> dict:
   with open(os.path.join(workdir, 'eval.json')) as f:
     return json.load(f)

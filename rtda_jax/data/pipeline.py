@@ -1,11 +1,13 @@
 """grain pipelines over the built datasets: read, decode (Pillow), resize/crop to a fixed shape, shard, batch.
 
-- `train_loader`: shuffled, repeated, fixed-shape batches for one JAX process; its iterator's state can be saved
+- `train_loader`: shuffled, repeated, fixed-shape batches: this JAX process's rows of each global batch, which are
+  the same for any number of processes (`ProcessSliceSampler`); its iterator's state can be saved
   (`get_state`, a JSON-able dict) and restored (`set_state`; or with orbax through grain's own handler,
   `orbax_save_args` / `orbax_restore_args`), after which it yields exactly the batches it would have yielded.
 - `eval_loader`: every image once, in the stored order, at the stored resolution (or from the split built at its raw
   resolution, the image and the label each resized to a size of the evaluation protocol's); the last batch is padded
-  with zero images, all-255 labels and `valid=False`, and every process gets the same number of batches.
+  with zero images, all-255 labels and `valid=False`; each process reads a disjoint block of the split (together:
+  all of it) and every process gets the same number of batches.
 
 No TensorFlow: records come from the TFDS array_record data source and PNG bytes are decoded with Pillow.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,7 +26,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rtda_jax import labels
+from rtda_jax import errors, labels
 from rtda_jax.data import builders
 
 DOMAINS = builders.DOMAINS
@@ -95,7 +98,7 @@ class DecodeRandomCrop(grain.transforms.RandomMap):
 def data_source(data_config: ml_collections.ConfigDict, domain: str, split: str) -> Any:
   """The TFDS array_record data source of a built split (random access, picklable, TensorFlow-free)."""
   if domain not in DOMAINS:
-    raise ValueError(f'Unknown domain {domain!r}; choose one of {DOMAINS}.')
+    raise errors.ConfigError(f'Unknown domain {domain!r}; choose one of {DOMAINS} (data.source / data.target).')
   builder = builders.load_builder(data_config, domain)
   if split not in builder.info.splits:
     raise builders.DatasetError(f'Dataset {domain!r} in {builder.data_dir} has no split {split!r}; it has '
@@ -104,12 +107,12 @@ def data_source(data_config: ml_collections.ConfigDict, domain: str, split: str)
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
-  """global_batch_size // jax.process_count(); ValueError unless it divides evenly."""
+  """global_batch_size // jax.process_count(); ConfigError unless it divides evenly."""
   import jax  # pylint: disable=g-import-not-at-top
   count = jax.process_count()
   if global_batch_size <= 0 or global_batch_size % count:
-    raise ValueError(f'The global batch size {global_batch_size} must be a positive multiple of the number of JAX '
-                     f'processes ({count}); change train.batch_size.')
+    raise errors.ConfigError(f'The global batch size {global_batch_size} must be a positive multiple of the number of '
+                             f'JAX processes ({count}); change train.batch_size.')
   return global_batch_size // count
 
 
@@ -120,35 +123,81 @@ def _ensure_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+class ProcessSliceSampler:
+  """This process's rows of every global batch of a global sampler: local position l -> global position
+  (l // b) * B + p * b + l % b, with B the global batch, b = B / P its rows per process and p this process's index.
+
+  Every process draws the global order (same seed, same record keys, the same per-record rng: the crops) and reads
+  only its slice of each global batch, so the global batches are those of one process with the whole batch,
+  whatever the number of processes, and each record of a batch is read by exactly one process. A finite sampler is
+  cut to whole global batches, as one process's `Batch(drop_remainder=True)` would cut it.
+  """
+
+  def __init__(self, sampler: Any, global_batch_size: int, process_count: int, process_index: int):
+    if global_batch_size % process_count or not 0 <= process_index < process_count:
+      raise ValueError(f'Global batch {global_batch_size} over {process_count} processes (index {process_index}).')
+    self._sampler, self._global = sampler, int(global_batch_size)
+    self._count, self._index = int(process_count), int(process_index)
+    self._rows = self._global // self._count
+    total = len(sampler)
+    self._len = total if total == sys.maxsize else total // self._global * self._rows
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:
+    # grain compares repr(sampler) with the checkpoint's on restore: say everything that changes the draws
+    return (f'ProcessSliceSampler({self._sampler!r}, global_batch_size={self._global}, '
+            f'process_count={self._count}, process_index={self._index})')
+
+  def global_index(self, local: int) -> int:
+    """The global sampler position of this process's position `local`."""
+    return local // self._rows * self._global + self._index * self._rows + local % self._rows
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if index < 0 or index >= self._len:
+      raise IndexError(f'Record index {index} is out of bounds [0, {self._len}).')
+    meta = self._sampler[self.global_index(index)]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
 def train_loader(data_config: ml_collections.ConfigDict, domain: str, split: str, global_batch_size: int,
                  seed: int, shape: Sequence[int], num_epochs: int | None = None,
                  num_workers: int | None = None, rare_class_sampling: bool = False) -> grain.DataLoaderIterator:
-  """Shuffled fixed-shape batches of this process's shard, forever when num_epochs is None.
+  """Shuffled fixed-shape batches: this process's rows of each global batch, forever when num_epochs is None.
 
   Yields {'image': uint8 [B, H, W, 3], 'label': uint8 [B, H, W]} with B = global_batch_size // process_count and
   (H, W) = shape; `data_config.resize_mode` picks whole-image resize or a random crop. `seed` in [0, 2**32) fixes the
-  order and the crops; `num_workers` (default data_config.num_workers) worker processes decode, 0 = in-process.
-  `rare_class_sampling` (pass it for a labelled domain) draws the records by DAFormer's rare-class sampling
-  (rcs.RareClassSampler) instead of shuffled epochs when `data_config.rcs.enabled`; an epoch is then N draws.
+  order and the crops, the same for any number of processes (ProcessSliceSampler); `num_workers` (default
+  data_config.num_workers) worker processes decode, 0 = in-process. `rare_class_sampling` (pass it for a labelled
+  domain) draws the records by DAFormer's rare-class sampling (rcs.RareClassSampler) instead of shuffled epochs when
+  `data_config.rcs.enabled`; an epoch is then N draws.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   batch = per_process_batch_size(global_batch_size)
   if data_config.resize_mode == 'resize':
     op = DecodeResize(shape)
   elif data_config.resize_mode == 'crop':
     op = DecodeRandomCrop(shape)
   else:
-    raise ValueError(f'Unknown data.resize_mode {data_config.resize_mode!r}; choose one of {RESIZE_MODES}.')
+    raise errors.ConfigError(f'Unknown data.resize_mode {data_config.resize_mode!r}; choose one of {RESIZE_MODES}.')
   source = data_source(data_config, domain, split)
   _ensure_flags_parsed()
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  # The sampler of one process with the whole batch (ShardByJaxProcess is the whole dataset there: keeping it keeps
+  # the sampler's repr, so checkpoints written before ProcessSliceSampler resume); several processes slice it.
+  count = jax.process_count()
+  whole = (grain.sharding.ShardByJaxProcess(drop_remainder=True) if count == 1 else
+           grain.sharding.ShardOptions(shard_index=0, shard_count=1, drop_remainder=True))
   from rtda_jax.data import rcs  # pylint: disable=g-import-not-at-top  (rcs reads splits through this module)
   if rare_class_sampling and rcs.is_enabled(data_config):
-    sampler = rcs.train_sampler(data_config, domain, split, source, int(seed), shard, num_epochs)
+    sampler = rcs.train_sampler(data_config, domain, split, source, int(seed), whole, num_epochs)
   else:
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=whole, shuffle=True,
                                           num_epochs=num_epochs, seed=int(seed))
+  if count > 1:
+    sampler = ProcessSliceSampler(sampler, global_batch_size, count, jax.process_index())
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler, shard_options=shard,
+      data_source=source, sampler=sampler, shard_options=whole,
       operations=[op, grain.transforms.Batch(batch_size=batch, drop_remainder=True)],
       worker_count=data_config.num_workers if num_workers is None else num_workers,
       worker_buffer_size=max(1, int(data_config.prefetch)))
@@ -239,6 +288,8 @@ class DecodeEval(grain.transforms.Map):
 class EvalLoader:
   """Iterable over this process's evaluation batches; iterate it again for another pass.
 
+  Process p of P reads the p-th of P consecutive blocks of the split (disjoint; together every image once), in
+  batches of B = `batch_size` (its rows of a global batch of B * P: evaluate.py passes data.eval_batch_size / P).
   Each batch: image uint8 [B, h, w, 3], label uint8 [B, H, W], valid bool [B], name str [B] ('' for padding), with
   (h, w) = `image_size` and (H, W) = `label_size` (default: the size the split is read at, `size`). `raw` reads the
   split built at its raw resolution (builders.prepare(..., raw_splits=[split])) instead of the stored one.

@@ -103,6 +103,7 @@ class Method(abc.ABC):
 
   name: str = ''
   domains: tuple[str, ...] = ('source',)  # which domains' training batches the step needs
+  evaluates_segmentation: bool = True  # False (a translator): the trainer skips the target evaluation
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
