@@ -7,6 +7,8 @@ the compiled executable is timed: inputs already on the device, warm-up calls fi
 `block_until_ready`, compile and tracing excluded. One training step of the supervised and of the adversarial
 method (built by `methods.get_method`, state donated as in the trainer) is timed the same way. Weights are
 random (speed does not depend on them). Results go to `<workdir>/complexity.json` and a Markdown table is printed.
+`parameter_overview` there is the clu.parameter_overview table of every network of `config.method` (the table the
+trainer prints when it starts); each train-step entry names its method's networks and their parameter counts.
 
 Defaults when `config.benchmark` leaves a field empty: on GPU BiSeNet and DeepLab-v2 at 512x1024, float32 and
 bfloat16, batch sizes 1, 8, 16, 200 timed forward calls and 30 timed train steps; on CPU (reduced, to finish in a
@@ -35,7 +37,7 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from rtda_jax import models
+from rtda_jax import models, trainer
 
 # Dense peak TFLOP/s per device kind (substring of `device_kind`): (bfloat16, TF32). H100/H200 SXM.
 PEAK_TFLOPS = {'H100': (989.0, 494.7), 'H200': (989.0, 494.7), 'A100': (312.0, 156.0)}
@@ -224,6 +226,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, method_name: str, re
   data = {d: {'image': jnp.asarray(rng.integers(0, 256, (batch, *resolution, 3), dtype=np.uint8)),
               'label': jnp.asarray(rng.integers(0, config.model.num_classes, (batch, *resolution), dtype=np.uint8))}
           for d in method.domains}
+  networks = {name: o['params'] for name, o in trainer.parameter_overview(state).items()}
   compiled, info = compile_timed(method.train_step, state, data, donate_argnums=(0,))
   holder = [state]
 
@@ -234,7 +237,26 @@ def benchmark_train_step(config: ml_collections.ConfigDict, method_name: str, re
   stats = timing_stats(time_calls(step, num_runs, warmup_runs))
   flops = info.pop('flops')
   return {'method': method_name, 'batch_size': batch, **info, 'gflops_per_step': flops / 1e9 if flops else None,
-          'step': stats, **_rates(stats, batch, flops, peak)}
+          'step': stats, **_rates(stats, batch, flops, peak), 'networks': networks}
+
+
+def method_parameter_overview(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'method', 'model', 'networks': {network: {'params', 'table'}}} of `config.method` with `config.model` (random
+  init, shapes only: jax.eval_shape of the method's init at the training sizes), or {'error'} where the method
+  cannot be built without its inputs (e.g. a checkpoint it starts from)."""
+  from rtda_jax import methods  # pylint: disable=import-outside-toplevel
+  from rtda_jax.methods import base  # pylint: disable=import-outside-toplevel
+  out: dict[str, Any] = {'method': config.method, 'model': config.model.name}
+  try:
+    model_cfg = model_config(config, config.model.name, config.model.get('dtype', 'float32'))
+    cfg = method_config(config, config.method, model_cfg)
+    method = methods.get_method(cfg)
+    shapes = base.train_shapes(cfg)
+    state = jax.eval_shape(lambda key: method.init(key, shapes), jax.random.PRNGKey(0))
+    out['networks'] = trainer.parameter_overview(state)
+  except Exception as e:  # pylint: disable=broad-except  # record it; the measurements go on
+    out.update(_error(e))
+  return out
 
 
 def benchmark_entry(config: ml_collections.ConfigDict, name: str, resolution: tuple[int, int], dtype: str,
@@ -362,11 +384,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         print(f'benchmarking {name} {resolution[0]}x{resolution[1]} {dtype} ...', flush=True)
         entries.append(benchmark_entry(config, name, resolution, dtype, settings,
                                        peak_tflops(device['device_kind'], dtype)))
+  overview = method_parameter_overview(config)
+  if 'networks' in overview:
+    print(f"{overview['method']} ({overview['model']}):\n{trainer.format_parameter_overview(overview['networks'])}")
   results = {
       'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'device': device, 'precision': precision_info(device['platform']),
       'settings': dataclasses.asdict(settings), 'notes': notes,
-      'config': json.loads(config.to_json_best_effort()), 'entries': entries,
+      'config': json.loads(config.to_json_best_effort()), 'parameter_overview': overview, 'entries': entries,
       'wall_s': time.perf_counter() - start,
   }
   os.makedirs(workdir, exist_ok=True)
