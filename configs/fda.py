@@ -17,6 +17,7 @@ import re
 import ml_collections
 
 from configs import common
+from rtda_jax import errors
 
 FDA_PRESETS = ('mbt', 'selftrain')
 BETA_SEED_OFFSETS = {0.01: 0, 0.05: 1, 0.09: 2}  # the MBT members are independent runs
@@ -39,6 +40,7 @@ def beta_tag(beta: float) -> str:
 
 def get_config(arg=None):
   config = common.get_base_config()
+  config.name = 'fda'  # for the messages of apply_presets; the run's name is set below
   config.method = 'fda'
   config.recipe = 'fda'
   config.data.source = 'gta5'
@@ -69,13 +71,23 @@ def get_config(arg=None):
   # 'agreement' (the FDA rule, and every ensemble member must predict the same class). See rtda_jax/selftrain.py.
   mbt.rule = 'fda'
   mbt.cbst_portion = 0.2  # CBST: portion p of each class's predicted pixels kept (grow it over rounds: 0.2, 0.4, ...)
+  # Image selection (rtda_jax/select.py): which images of the target `split` get pseudo-labels; the others are absent
+  # from the pseudo-labelled folder, so self-training never sees them. 'all' (every image) | 'fd' (the k images of
+  # smallest squared Mahalanobis distance to the Gaussian of the reference set's features: the network of
+  # --mode=fid, fid.inception_weights or fid.feature_workdir) | 'histogram' (the k of luminance histogram closest,
+  # chi-square, to the reference's mean) | 'random' (k drawn with select_seed). Recorded in selection.json.
+  mbt.select = 'all'
+  mbt.select_k = 0  # images kept (1..size of the split) by 'fd' / 'histogram' / 'random'
+  mbt.select_reference = ''  # 'fd' / 'histogram': a folder of images or '<source|target|domain>:<split>' (as fid.a)
+  mbt.select_seed = 0  # 'random'
+  mbt.select_shrinkage = 0.1  # 'fd': the reference covariance shrunk towards its mean eigenvalue by this much
 
   presets = common.split_preset(arg)
   betas = [b for b in map(parse_beta, presets) if b is not None]
   ours = [p for p in presets if p in FDA_PRESETS or parse_beta(p) is not None]
   common.apply_presets(config, ','.join(p for p in presets if p not in ours), own=FDA_PRESETS + ('b001', 'b005', 'b009'))
   if len(betas) > 1:
-    raise ValueError(f'Config fda.py got several betas {betas}; choose one preset of b001, b005, b009.')
+    raise errors.ConfigError(f'Config fda.py got several betas {betas}; choose one preset of b001, b005, b009.')
   if betas:
     fda.beta = betas[0]
     config.seed_offset = BETA_SEED_OFFSETS.get(round(fda.beta, 4), 0)

@@ -32,6 +32,11 @@
    rule and its thresholds in pseudolabels.json), which `--config.selftrain.pseudo_dir` then trains on like any
    Cityscapes folder. Rounds: pseudolabel -> selftrain -> pseudolabel with the self-trained run as the ensemble
    (`mbt.workdirs`) and a larger `mbt.cbst_portion` -> selftrain.
+4. Image selection (`mbt.select`, rtda_jax/select.py; default 'all': every image): before the two passes, the k
+   (`mbt.select_k`) images of the split closest to a reference set (`mbt.select_reference`) by the 'fd' or
+   'histogram' rule, or k at random. Only they are pseudo-labelled (the thresholds come from their pixels alone) and
+   written to the folder; the others are absent from it, so the TFDS build and the self-training see the k images
+   only. The selection (rule, k, each image's name and distance) is in selection.json beside pseudolabels.json.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from PIL import Image
 from rtda_jax import evaluate
 from rtda_jax import labels as labels_lib
 from rtda_jax import parallel
+from rtda_jax import select as select_lib
 from rtda_jax.methods import base
 
 INFO_FILE = 'pseudolabels.json'
@@ -358,7 +364,7 @@ def target_raw_dir(config: ml_collections.ConfigDict) -> str:
   if config.data.target != 'cityscapes':
     raise ValueError(f'Pseudo-labels are written in the Cityscapes layout, but config.data.target is '
                      f'{config.data.target!r}; set config.data.target=cityscapes.')
-  return synthetic.ensure_benchmark(config.data)[1]
+  return synthetic.ensure_domains(config.data, ('cityscapes',))['cityscapes']  # not the source's benchmark
 
 
 # ---- the two passes -------------------------------------------------------------------------------------------------
@@ -369,40 +375,54 @@ def _predict_step(method, scales, flip, agreement, members, images, thresholds=N
   return ensemble_scores(probs, thresholds, agreement)
 
 
+def _selected(batch: dict[str, np.ndarray], keep: frozenset[str] | None) -> np.ndarray:
+  """bool [B]: the real examples of the batch that are among the selected names (`keep`; None: every image)."""
+  if keep is None:
+    return np.asarray(batch['valid'])
+  return np.asarray(batch['valid'], bool) & np.array([str(n) in keep for n in batch['name']], bool)
+
+
 def _predictions(method: base.Method, members: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 split: str, thresholds: np.ndarray | None = None, agreement: bool = False
+                 split: str, thresholds: np.ndarray | None = None, agreement: bool = False,
+                 keep: frozenset[str] | None = None
                  ) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, jax.Array, jax.Array | None]]:
   """(batch, preds [B, H, W] uint8, score [B, H, W] float32, agree [B, H, W] bool or None) of `ensemble_scores`
-  over the target `split`, sharded on the mesh."""
+  over the target `split`, sharded on the mesh. With `keep` (the selected names; one process only), batches without
+  a selected image are skipped."""
   from rtda_jax.data import pipeline
   step_fn = jax.jit(functools.partial(_predict_step, method, tuple(config.eval.scales), bool(config.eval.flip),
                                       agreement))
   if thresholds is not None:
     thresholds = parallel.replicate(np.asarray(thresholds, np.float32), mesh)
   for batch in pipeline.eval_loader(config.data, config.data.target, split, config.data.eval_batch_size):
+    if keep is not None and not _selected(batch, keep).any():
+      continue
     images = parallel.shard_batch(batch['image'], mesh)
     yield batch, *step_fn(members, images, thresholds)
 
 
 def pseudo_label_thresholds(method: base.Method, members: Any, config: ml_collections.ConfigDict,
-                            mesh: jax.sharding.Mesh, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """First pass: (thresholds [C] of mbt.rule, histogram [C, num_bins] int64) over the whole split, summed over
-  processes. The histogram is of the ensemble's confidence per predicted class, for every rule."""
+                            mesh: jax.sharding.Mesh, split: str,
+                            keep: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """First pass: (thresholds [C] of mbt.rule, histogram [C, num_bins] int64) over the whole split (or its images
+  named in `keep`), summed over processes. The histogram is of the ensemble's confidence per predicted class, for
+  every rule."""
   mbt = config.mbt
   num_classes = config.model.num_classes
   hist_fn = jax.jit(functools.partial(confidence_histogram, num_classes=num_classes, num_bins=mbt.num_bins),
                     out_shardings=parallel.replicated(mesh))
   total = np.zeros((num_classes, mbt.num_bins), np.int64)
-  for batch, preds, confidence, _ in _predictions(method, members, config, mesh, split):
-    valid = parallel.shard_batch(np.asarray(batch['valid']), mesh)
+  for batch, preds, confidence, _ in _predictions(method, members, config, mesh, split, keep=keep):
+    valid = parallel.shard_batch(_selected(batch, keep), mesh)
     total += np.asarray(jax.device_get(hist_fn(preds, confidence, valid)), np.int64)
   return rule_thresholds(total, config), total
 
 
 def write_pseudo_labels(method: base.Method, members: Any, config: ml_collections.ConfigDict,
-                        mesh: jax.sharding.Mesh, out_dir: str, thresholds: np.ndarray, split: str) -> dict[str, Any]:
-  """Second pass: the labels mbt.rule keeps with `thresholds`, of every image of `split`, as label-id PNGs under
-  `out_dir` (images linked)."""
+                        mesh: jax.sharding.Mesh, out_dir: str, thresholds: np.ndarray, split: str,
+                        keep: frozenset[str] | None = None) -> dict[str, Any]:
+  """Second pass: the labels mbt.rule keeps with `thresholds`, of every image of `split` (or of those named in
+  `keep`; the others are not written), as label-id PNGs under `out_dir` (images linked)."""
   rule = check_rule(config)
   raw_dir = target_raw_dir(config)
   kept = np.zeros(config.model.num_classes + 1, np.int64)  # pixels per class kept, and ignored (last)
@@ -410,10 +430,10 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
   num_images = 0
   for batch, preds, score, agree in _predictions(method, members, config, mesh, split,
                                                  thresholds=thresholds if rule == 'cbst' else None,
-                                                 agreement=rule == 'agreement'):
+                                                 agreement=rule == 'agreement', keep=keep):
     preds, score = parallel.local_rows(preds), parallel.local_rows(score)
     agree = None if agree is None else parallel.local_rows(agree)
-    for i in np.flatnonzero(np.asarray(batch['valid'])):
+    for i in np.flatnonzero(_selected(batch, keep)):
       name = str(batch['name'][i])
       label = select_labels(rule, preds[i], score[i], thresholds, None if agree is None else agree[i])  # [H, W]
       raw_image = os.path.join(raw_dir, name)
@@ -433,6 +453,11 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
   return stats
 
 
+def write_json(path: str, obj: Any) -> None:
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False)
+
+
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -440,32 +465,42 @@ def _sync(name: str) -> None:
 
 
 def make_pseudo_labels(method: base.Method, members: Any, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh, out_dir: str | None = None) -> dict[str, Any]:
+                       mesh: jax.sharding.Mesh, out_dir: str | None = None,
+                       selection: select_lib.Selection | None = None) -> dict[str, Any]:
   """Both passes; writes a complete raw Cityscapes-layout folder at `out_dir` (default `pseudo_dir(config)`): the
-  pseudo-labelled `mbt.split`, the other split linked unchanged. Written beside it and swapped in when complete."""
+  pseudo-labelled `mbt.split` (only the `selection`'s images, when given, with selection.json), the other split
+  linked unchanged. Written beside it and swapped in when complete."""
   out_dir = out_dir or pseudo_dir(config)
   split = config.mbt.split
   raw_dir = target_raw_dir(config)
   if os.path.abspath(raw_dir) == os.path.abspath(out_dir):
     raise ValueError(f'The pseudo-label folder {out_dir} is the target raw folder itself; choose another mbt.name.')
-  thresholds, histogram = pseudo_label_thresholds(method, members, config, mesh, split)
+  keep = None if selection is None else frozenset(selection.names)
+  thresholds, histogram = pseudo_label_thresholds(method, members, config, mesh, split, keep)
   logging.info('Pseudo-label thresholds: %s', dict(zip(labels_lib.CLASS_NAMES, np.round(thresholds, 4))))
   tmp = f'{out_dir}.tmp'
   if jax.process_index() == 0:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
   _sync('pseudo_tmp_ready')
-  stats = write_pseudo_labels(method, members, config, mesh, tmp, thresholds, split)
+  stats = write_pseudo_labels(method, members, config, mesh, tmp, thresholds, split, keep)
   _sync('pseudo_written')
+  if selection is not None and stats['num_images'] != selection.k:
+    raise RuntimeError(f'{stats["num_images"]} images of the {split} split were pseudo-labelled, not the '
+                       f'{selection.k} selected: the split changed since the selection; run again.')
   info = {'split': split, 'raw_dir': os.path.abspath(raw_dir), **rule_info(config), 'thresholds': dict(zip(
       labels_lib.CLASS_NAMES, (float(t) for t in thresholds))), 'predicted_pixels_per_class': dict(zip(
           labels_lib.CLASS_NAMES, (int(n) for n in histogram.sum(axis=1)))), **stats}
+  if selection is not None:
+    info['selection'] = selection.summary()
   if jax.process_index() == 0:
     for other in ('train', 'val'):
       if other != split:
         link_split(raw_dir, tmp, other)
     with open(os.path.join(tmp, INFO_FILE), 'w') as f:
       json.dump(info, f, indent=2)
+    if selection is not None:
+      write_json(os.path.join(tmp, select_lib.SELECTION_FILE), selection.record())
     old = f'{out_dir}.old'
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(out_dir):
@@ -486,9 +521,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
   check_rule(config)  # a wrong rule fails before any model or data work
+  select_lib.check_selection(config)
   workdirs = member_workdirs(config)
   method, members, steps = load_members(config, workdirs)  # before any data work: a missing run fails fast
+  network = select_lib.feature_network(config)  # the 'fd' rule's features: a missing run or file fails fast too
   builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))
+  selection = select_lib.select_for_self_training(config, mesh, network)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -496,12 +534,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   members = parallel.replicate(members, mesh)
   result = evaluate_ensemble(method, members, config, mesh, step=min(steps), workdir=workdir)
   print(evaluate.format_table(result))
-  info = make_pseudo_labels(method, members, config, mesh)
+  info = make_pseudo_labels(method, members, config, mesh, selection=selection)
   info = {'members': [{'workdir': w, 'step': s} for w, s in zip(workdirs, steps)], **info}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, INFO_FILE), 'w') as f:
       json.dump(info, f, indent=2)
-  print(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images in {info['pseudo_dir']} "
-        f"({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
+    if selection is not None:
+      write_json(os.path.join(workdir, select_lib.SELECTION_FILE), selection.record())
+  chosen = '' if selection is None else (f' selected by the {selection.rule!r} rule from {selection.pool_size} '
+                                         f'(selection.json)')
+  print(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images{chosen} in "
+        f"{info['pseudo_dir']} ({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
         f"--config.selftrain.pseudo_dir={info['pseudo_dir']}")
   return {'eval': result, 'pseudo': info}

@@ -1,6 +1,7 @@
 """Multi-band transfer and self-training: thresholds from streaming histograms against FDA's and CBST's rules on all
 confidences, the agreement rule, the cap, ignored pixels, the written Cityscapes layout, the three stages end to end on
-tiny runs (FDA's rule, and CBST's feeding a self-training run), and the pseudo-label quality script."""
+tiny runs (FDA's rule, and CBST's feeding a self-training run), image selection (`mbt.select`: only the selected images
+in the folder and its build; 'all' as before), and the pseudo-label quality script."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import pytest
 from PIL import Image
 
 from configs import fda as fda_config
-from rtda_jax import app, labels, parallel, selftrain
-from rtda_jax.data import builders
+from rtda_jax import app, labels, parallel, select, selftrain
+from rtda_jax.data import builders, pipeline
 from rtda_jax.methods import fda
 from tests.test_fda import TINY_MODEL
 from tests.trainer_utils import read_eval, tiny_config
@@ -408,6 +409,73 @@ def test_cbst_pseudo_labels_end_to_end_feed_self_training(member_runs):
   assert info['members'] == [{'workdir': st_dir, 'step': 2}] and info['portion'] == 0.4
   selected = np.floor(np.array([info['predicted_pixels_per_class'][n] for n in labels.CLASS_NAMES]) * 0.4)
   assert sum(info['pixels_per_class'].values()) >= selected.sum() > 0
+
+
+def test_only_the_selected_images_are_pseudo_labelled_and_built(member_runs):
+  root, runs, members = member_runs
+  k = 5
+  mbt_dir = os.path.join(runs, 'mbt_fd')
+  common = {**TINY_RUN, 'mbt.workdirs': ','.join(members), 'mbt.name': 'tiny_fd'}
+  st = tiny_config(root, 'fda', 'b009,selftrain', **{**TINY_RUN, 'selftrain.pseudo_dir': f'{root}/pseudo/tiny_fd'})
+  data = fda.pseudo_data_config(st)
+  # First every image under the same name, built: the selection must replace the folder and its build.
+  app.run(tiny_config(root, 'fda', 'mbt', **common), workdir=os.path.join(runs, 'mbt_fd_all'), mode='pseudolabel')
+  builders.prepare(data)
+  assert len(pipeline.data_source(data, 'cityscapes', 'train')) == 16
+  config = tiny_config(root, 'fda', 'mbt', **common, **{
+      'mbt.select': 'fd', 'mbt.select_k': k, 'mbt.select_reference': 'target:val', 'fid.feature_workdir': members[0],
+      'fid.batch_size': 4})
+  out = app.run(config, workdir=mbt_dir, mode='pseudolabel')
+  assert out['pseudo']['pseudo_dir'] == f'{root}/pseudo/tiny_fd'
+  pseudo = out['pseudo']['pseudo_dir']
+  record = json.load(open(os.path.join(pseudo, select.SELECTION_FILE)))
+  assert record == json.load(open(os.path.join(mbt_dir, select.SELECTION_FILE)))
+  names, distances = [s['name'] for s in record['selected']], [s['distance'] for s in record['selected']]
+  assert (record['rule'], record['k'], record['pool_size'], len(set(names))) == ('fd', k, 16, k)
+  assert distances == sorted(distances) and record['network'].startswith(f'{TINY_MODEL} of {members[0]}')
+
+  found = builders.find_examples('cityscapes', pseudo)
+  assert [e.name for e in found['train']] == sorted(names)  # the unselected images are absent, labels and images
+  for sub in ('leftImg8bit', 'gtFine'):  # no other file of the split either
+    assert sum(len(n) for _, _, n in os.walk(os.path.join(pseudo, sub, 'train'))) == k
+  assert len(found['val']) == 8
+  info = json.load(open(os.path.join(pseudo, selftrain.INFO_FILE)))
+  assert info['num_images'] == k and info['selection'] == {key: v for key, v in record.items() if key != 'selected'}
+  assert out['pseudo']['selection'] == info['selection']
+  # The thresholds come from the selected images alone: each pixel of the k 64x64 images counted once.
+  assert sum(info['predicted_pixels_per_class'].values()) == k * 64 * 64
+
+  # The self-training preset's dataset is rebuilt from the folder: k training images.
+  builders.prepare(data)
+  assert len(pipeline.data_source(data, 'cityscapes', 'train')) == k
+
+
+def test_select_all_writes_what_selecting_the_whole_split_writes(member_runs):
+  # 'all' (the default) is the pseudo-labelling of before the selection step; choosing all 16 images by a rule must
+  # write the same bytes, plus the record of the selection.
+  root, runs, members = member_runs
+  common = {**TINY_RUN, 'mbt.workdirs': ','.join(members)}
+  out_all = app.run(tiny_config(root, 'fda', 'mbt', **common, **{'mbt.name': 'tiny_all'}),
+                    workdir=os.path.join(runs, 'mbt_all'), mode='pseudolabel')
+  out_16 = app.run(tiny_config(root, 'fda', 'mbt', **common, **{
+      'mbt.name': 'tiny_random16', 'mbt.select': 'random', 'mbt.select_k': 16}),
+                   workdir=os.path.join(runs, 'mbt_random16'), mode='pseudolabel')
+  a, b = out_all['pseudo']['pseudo_dir'], out_16['pseudo']['pseudo_dir']
+  assert not os.path.exists(os.path.join(runs, 'mbt_all', select.SELECTION_FILE))
+
+  def files(folder):
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names)
+
+  assert files(b) == sorted(files(a) + [select.SELECTION_FILE])
+  for name in files(a):
+    if name != selftrain.INFO_FILE:
+      assert open(os.path.join(a, name), 'rb').read() == open(os.path.join(b, name), 'rb').read(), name
+  info_a = json.load(open(os.path.join(a, selftrain.INFO_FILE)))
+  info_b = json.load(open(os.path.join(b, selftrain.INFO_FILE)))
+  assert set(info_a) == {'split', 'raw_dir', 'rule', 'percentile', 'max_threshold', 'num_bins', 'thresholds',
+                         'predicted_pixels_per_class', 'num_images', 'kept_fraction', 'pixels_per_class',
+                         'ignored_pixels'}  # the keys of before the selection step
+  assert info_b.pop('selection')['k'] == 16 and info_a == info_b and info_a['num_images'] == 16
 
 
 def test_pseudo_label_quality_reports_per_class_precision(tmp_path):
