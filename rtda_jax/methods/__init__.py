@@ -11,7 +11,7 @@ import ml_collections
 
 from rtda_jax.methods import base
 
-METHOD_MODULES = ('supervised', 'adversarial', 'fda', 'dacs', 'adabn')
+METHOD_MODULES = ('supervised', 'adversarial', 'fda', 'dacs', 'adabn', 'translate')
 
 
 def get_method(config: ml_collections.ConfigDict) -> base.Method:
