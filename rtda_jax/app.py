@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import ml_collections
@@ -10,6 +11,12 @@ from absl import logging
 from rtda_jax import errors
 
 MODES = ('train', 'evaluate', 'benchmark', 'prepare', 'pseudolabel', 'translate', 'predict', 'export', 'fid')
+# mode -> (module of rtda_jax, its function(config, workdir)); imported when the mode runs ('prepare' is run's own).
+_MODE_FUNCTIONS = {
+    'train': ('trainer', 'train_and_evaluate'), 'evaluate': ('evaluate', 'evaluate_workdir'),
+    'benchmark': ('benchmark', 'run'), 'pseudolabel': ('selftrain', 'run'), 'translate': ('translate_data', 'run'),
+    'predict': ('predict', 'run'), 'export': ('export', 'run'), 'fid': ('fid', 'run'),
+}
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
@@ -99,28 +106,5 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, mode: str
     from rtda_jax import evaluate  # the protocol only: no model code is imported
     from rtda_jax.data import builders
     return builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))
-  if mode == 'train':
-    from rtda_jax import trainer
-    return trainer.train_and_evaluate(config, workdir)
-  if mode == 'evaluate':
-    from rtda_jax import evaluate
-    return evaluate.evaluate_workdir(config, workdir)
-  if mode == 'benchmark':
-    from rtda_jax import benchmark
-    return benchmark.run(config, workdir)
-  if mode == 'pseudolabel':
-    from rtda_jax import selftrain
-    return selftrain.run(config, workdir)
-  if mode == 'predict':
-    from rtda_jax import predict
-    return predict.run(config, workdir)
-  if mode == 'export':
-    from rtda_jax import export
-    return export.run(config, workdir)
-  if mode == 'translate':
-    from rtda_jax import translate_data
-    return translate_data.run(config, workdir)
-  if mode == 'fid':
-    from rtda_jax import fid
-    return fid.run(config, workdir)
-  raise AssertionError(mode)
+  module, function = _MODE_FUNCTIONS[mode]
+  return getattr(importlib.import_module(f'rtda_jax.{module}'), function)(config, workdir)

@@ -56,6 +56,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from rtda_jax import data as data_lib
 from rtda_jax import evaluate
 from rtda_jax import labels as labels_lib
 from rtda_jax import parallel
@@ -501,12 +502,7 @@ def make_pseudo_labels(method: base.Method, members: Any, config: ml_collections
       json.dump(info, f, indent=2)
     if selection is not None:
       write_json(os.path.join(tmp, select_lib.SELECTION_FILE), selection.record())
-    old = f'{out_dir}.old'
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-      os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    data_lib.replace_folder(tmp, out_dir)
   _sync('pseudo_done')
   return {**info, 'pseudo_dir': out_dir}
 

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rtda_jax import data as data_lib
 from rtda_jax import errors, parallel
 from rtda_jax.methods import base
 
@@ -165,12 +166,7 @@ def write_translated(method: Any, params: Any, config: ml_collections.ConfigDict
           'generator': {k: t[k] for k in ('ngf', 'num_blocks', 'upsample')}, 'output_dir': out_dir}
   with open(os.path.join(tmp, INFO_FILE), 'w') as f:
     json.dump(info, f, indent=2)
-  old = f'{out_dir}.old'
-  shutil.rmtree(old, ignore_errors=True)
-  if os.path.exists(out_dir):
-    os.replace(out_dir, old)
-  os.replace(tmp, out_dir)
-  shutil.rmtree(old, ignore_errors=True)
+  data_lib.replace_folder(tmp, out_dir)
   return info
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rtda_jax import data as data_lib
 from rtda_jax import labels
 from rtda_jax.data import synthetic_draw, synthetic_objects, synthia
 from rtda_jax.data.synthetic_styles import STYLES, Style, get_style  # noqa: F401 (re-exported)
@@ -197,15 +198,12 @@ def _ensure(out_dir: str, params: dict, write) -> str:
   params = json.loads(json.dumps(params))  # tuples -> lists, as read back
   if _read_marker(os.path.join(out_dir, MARKER)) == params:
     return out_dir
-  tmp, old = f'{out_dir}.tmp-{os.getpid()}', f'{out_dir}.old-{os.getpid()}'
+  tmp = f'{out_dir}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   write(tmp)
   with open(os.path.join(tmp, MARKER), 'w') as f:  # last: a folder with a marker is complete
     json.dump(params, f, indent=1)
-  if os.path.exists(out_dir):
-    os.replace(out_dir, old)
-  os.replace(tmp, out_dir)
-  shutil.rmtree(old, ignore_errors=True)
+  data_lib.replace_folder(tmp, out_dir)
   return out_dir
 
 
