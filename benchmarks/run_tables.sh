@@ -7,6 +7,8 @@
 #
 #   bash benchmarks/run_tables.sh "0 1 2" stage adabn adv_single ...     # seeds, then rows (default: every row)
 #   N0=1000 N1=200 OUT=runs/table_v2 bash benchmarks/run_tables.sh         # the defaults
+#   EXTRA="--config.data.source=synthia" OUT=runs/table_synthia bash benchmarks/run_tables.sh 0 stage adabn dacs
+#                                      # EXTRA is added to every run (not for the oracle, whose source is the target)
 #
 # Rows needing other rows of the same seed: fda_mbt* need fda_b001/b005/b009; fda_*_st need their fda_mbt*.
 # <row>_bn (e.g. adv_single_bn) is AdaBN applied to that row's final model: its BatchNorm statistics re-estimated on
@@ -21,6 +23,7 @@ dacs_rcs source_cont_rcs adv_l0002 adv_l005 dacs_t090"}
 N0=${N0:-1000}
 N1=${N1:-200}
 OUT=${OUT:-runs/table_v2}
+EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 
 row_args() {  # row seed -> the main.py arguments of that row
@@ -68,10 +71,11 @@ for s in $SEEDS; do
     if [ -f "$wd/eval.json" ]; then echo "skip $wd (eval.json exists)"; continue; fi
     args=$(row_args "$row" "$s") || exit 1
     mkdir -p "$wd"
-    echo "$(date -u +%FT%TZ) start $wd: python main.py $args --config.seed=$s --workdir=$wd"
+    echo "$(date -u +%FT%TZ) start $wd: python main.py $args $EXTRA --config.seed=$s --workdir=$wd"
     t0=$(date +%s)
     # shellcheck disable=SC2086
-    python main.py $args --config.seed="$s" --workdir="$wd" > "$wd/run.log" 2>&1
+    [ "$row" = oracle ] && extra="" || extra=$EXTRA
+    python main.py $args $extra --config.seed="$s" --workdir="$wd" > "$wd/run.log" 2>&1
     rc=$?
     wall=$(( $(date +%s) - t0 ))
     echo "{\"row\": \"$row\", \"seed\": $s, \"rc\": $rc, \"wall_s\": $wall}" > "$wd/wall.json"
