@@ -48,6 +48,7 @@ import tqdm
 from absl import logging
 from PIL import Image
 
+from rtda_jax import data as data_lib
 from rtda_jax import errors, labels
 from rtda_jax.data import synthia
 
@@ -99,8 +100,6 @@ def _require_dir(path: str, what: str, hint: str) -> None:
     raise MissingDatasetError(f'{what} {path!r} does not exist or is not a folder. {hint}')
 
 
-def _pngs(folder: str) -> list[str]:
-  return sorted(f for f in os.listdir(folder) if f.lower().endswith('.png'))
 
 
 def _find_gta5(root: str) -> dict[str, list[Example]]:
@@ -110,14 +109,10 @@ def _find_gta5(root: str) -> dict[str, list[Example]]:
   image_dir, label_dir = os.path.join(root, 'images'), os.path.join(root, 'labels')
   _require_dir(image_dir, 'GTA5 image folder', f'Expected layout: {hint}')
   _require_dir(label_dir, 'GTA5 label folder', f'Expected layout: {hint}')
-  images, labs = _pngs(image_dir), _pngs(label_dir)
+  images, labs = data_lib.pngs(image_dir), data_lib.pngs(label_dir)
   if not images:
     raise DatasetError(f'No PNG images in {image_dir!r}. {hint}')
-  for have, lack, (this, that), (this_dir, that_dir) in ((images, labs, ('Image', 'label'), (image_dir, label_dir)),
-                                                         (labs, images, ('Label', 'image'), (label_dir, image_dir))):
-    for name in sorted(set(have) - set(lack))[:1]:
-      raise MissingDatasetError(f'{this} {os.path.join(this_dir, name)!r} has no {that} '
-                                f'{os.path.join(that_dir, name)!r}. Restore the {that} or delete the {this.lower()}.')
+  data_lib.check_paired(images, labs, image_dir, label_dir, MissingDatasetError)
   return {'train': [Example(os.path.join(image_dir, n), os.path.join(label_dir, n), f'images/{n}') for n in images]}
 
 
@@ -134,7 +129,7 @@ def _find_cityscapes(root: str) -> dict[str, list[Example]]:
     pairs = {}  # stem 'city/city_seq_frame' -> (image path or None, label path or None)
     for top, suffix, slot in ((image_root, _CS_IMAGE_SUFFIX, 0), (label_root, _CS_LABEL_SUFFIX, 1)):
       for city in sorted(c for c in os.listdir(top) if os.path.isdir(os.path.join(top, c))):
-        for f in _pngs(os.path.join(top, city)):
+        for f in data_lib.pngs(os.path.join(top, city)):
           if f.endswith(suffix):
             entry = pairs.setdefault(f'{city}/{f[:-len(suffix)]}', [None, None])
             entry[slot] = os.path.join(top, city, f)

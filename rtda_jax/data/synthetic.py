@@ -207,22 +207,23 @@ def _ensure(out_dir: str, params: dict, write) -> str:
   return out_dir
 
 
-def _ensure_gta5(data_config, root: str, workers: int | None) -> str:
+def _ensure_source(layout: str, style_name: str, write, data_config, root: str, workers: int | None) -> str:
+  """A one-split source domain (GTA5's or SYNTHIA's layout): `data.synthetic.num_<layout>` images of
+  `data.synthetic.<layout>_size`, written by `write` (write_gta5 / write_synthia)."""
   syn = data_config.synthetic
-  style = get_style(getattr(syn, 'source_style', 'gta5'))
-  params = dict(version=GENERATOR_VERSION, layout='gta5', style=style.name, style_hash=_style_fingerprint(style),
-                seed=syn.seed, size=tuple(syn.gta5_size), num_images=syn.num_gta5)
-  return _ensure(os.path.join(root, 'gta5'), params, lambda d: write_gta5(
-      d, syn.num_gta5, tuple(syn.gta5_size), syn.seed, style, workers))
+  style, size, num = get_style(style_name), tuple(syn[f'{layout}_size']), syn[f'num_{layout}']
+  params = dict(version=GENERATOR_VERSION, layout=layout, style=style.name, style_hash=_style_fingerprint(style),
+                seed=syn.seed, size=size, num_images=num)
+  return _ensure(os.path.join(root, layout), params, lambda d: write(d, num, size, syn.seed, style, workers))
+
+
+def _ensure_gta5(data_config, root: str, workers: int | None) -> str:
+  style = getattr(data_config.synthetic, 'source_style', 'gta5')
+  return _ensure_source('gta5', style, write_gta5, data_config, root, workers)
 
 
 def _ensure_synthia(data_config, root: str, workers: int | None) -> str:
-  syn = data_config.synthetic
-  style = get_style('synthia')
-  params = dict(version=GENERATOR_VERSION, layout='synthia', style=style.name, style_hash=_style_fingerprint(style),
-                seed=syn.seed, size=tuple(syn.synthia_size), num_images=syn.num_synthia)
-  return _ensure(os.path.join(root, 'synthia'), params, lambda d: write_synthia(
-      d, syn.num_synthia, tuple(syn.synthia_size), syn.seed, style, workers))
+  return _ensure_source('synthia', 'synthia', write_synthia, data_config, root, workers)
 
 
 def _ensure_cityscapes(data_config, root: str, workers: int | None) -> str:

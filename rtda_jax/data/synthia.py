@@ -20,6 +20,7 @@ import numpy as np
 import png  # pypng
 import pyspng
 
+from rtda_jax import data as data_lib
 from rtda_jax import labels
 from rtda_jax.errors import DataError, MissingFileError
 
@@ -88,10 +89,6 @@ def check_pair(image_path: str, label_path: str) -> None:
                     'right label, or delete both files, and prepare again.')
 
 
-def _pngs(folder: str) -> list[str]:
-  return sorted(f for f in os.listdir(folder) if f.lower().endswith('.png'))
-
-
 def list_pairs(root: str, check: bool = True, num_threads: int | None = None) -> list[tuple[str, str]]:
   """[(image path, label path)] of a SYNTHIA folder, sorted by name; every image has its label and vice versa.
 
@@ -104,14 +101,10 @@ def list_pairs(root: str, check: bool = True, num_threads: int | None = None) ->
   for folder in (image_dir, label_dir):
     if not os.path.isdir(folder):
       raise MissingFileError(f'SYNTHIA folder {root!r} has no {os.path.relpath(folder, root)!r} folder. {_HINT}')
-  images, labs = _pngs(image_dir), _pngs(label_dir)
+  images, labs = data_lib.pngs(image_dir), data_lib.pngs(label_dir)
   if not images:
     raise DataError(f'No PNG images in {image_dir!r}. {_HINT}')
-  for have, lack, (this, that), (this_dir, that_dir) in ((images, labs, ('Image', 'label'), (image_dir, label_dir)),
-                                                         (labs, images, ('Label', 'image'), (label_dir, image_dir))):
-    for name in sorted(set(have) - set(lack))[:1]:
-      raise MissingFileError(f'{this} {os.path.join(this_dir, name)!r} has no {that} '
-                             f'{os.path.join(that_dir, name)!r}. Restore the {that} or delete the {this.lower()}.')
+  data_lib.check_paired(images, labs, image_dir, label_dir, MissingFileError)
   pairs = [(os.path.join(image_dir, n), os.path.join(label_dir, n)) for n in images]
   if check:
     with concurrent.futures.ThreadPoolExecutor(num_threads or NUM_THREADS) as pool:
