@@ -85,7 +85,8 @@ def get_config(arg=None):
   presets = common.split_preset(arg)
   betas = [b for b in map(parse_beta, presets) if b is not None]
   ours = [p for p in presets if p in FDA_PRESETS or parse_beta(p) is not None]
-  common.apply_presets(config, ','.join(p for p in presets if p not in ours), own=FDA_PRESETS + ('b001', 'b005', 'b009'))
+  common.apply_presets(config, ','.join(p for p in presets if p not in ours),
+                       own=FDA_PRESETS + ('b001', 'b005', 'b009'))
   if len(betas) > 1:
     raise errors.ConfigError(f'Config fda.py got several betas {betas}; choose one preset of b001, b005, b009.')
   if betas:

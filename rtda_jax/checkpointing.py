@@ -1,8 +1,8 @@
 """Orbax checkpoints of everything a run needs to continue bit for bit.
 
 One checkpoint = the method state (every network's params, BatchNorm statistics and optimiser state, the EMA teacher
-where there is one, the PRNG key, the step) + the grain data iterators' positions + a little metadata (JSON). Orbax writes
-to a temporary folder and renames it, so a checkpoint is either complete or absent. `last/` holds the most recent
+where there is one, the PRNG key, the step) + the grain data iterators' positions + a little metadata (JSON). Orbax
+writes to a temporary folder and renames it, so a checkpoint is either complete or absent. `last/` holds the most recent
 ones (on a schedule and on SIGTERM/SIGINT), `best/` the one with the best validation mIoU.
 
 A state with a NaN/Inf is never saved (NonFiniteError instead); a damaged checkpoint or a full disk is one
@@ -18,11 +18,11 @@ import shutil
 import signal
 import threading
 import time
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rtda_jax import errors
@@ -300,6 +300,17 @@ def parse_init_from(spec: str) -> tuple[str, str, int | None]:
   return workdir, kind, step
 
 
+def read_host_tree(path: str) -> Any:
+  """The pytree saved at `path` (an orbax PyTree checkpoint) as host NumPy arrays, whatever devices saved it: a run
+  saved by several processes or GPUs names devices this process may not have (restored without a target, orbax
+  would rebuild those shardings and fail)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))  # the item's own (no step metadata to find)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), getattr(metadata, 'tree', metadata))
+  with ocp.PyTreeCheckpointer() as ckpt:
+    return ckpt.restore(path, restore_args=as_numpy)
+
+
 def load_segmentation_variables(spec: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """The segmentation network's {'params', 'batch_stats'} of the run named by `spec` ('WORKDIR[:best|last|STEP]'),
   read without knowing that run's method (any method's state keeps the segmentation net in `seg`), and
@@ -316,11 +327,7 @@ def load_segmentation_variables(spec: str) -> tuple[dict[str, Any], dict[str, An
   elif step not in steps:
     raise FileNotFoundError(f'model.init_from={spec!r}: no checkpoint of step {step} in {root}; it has {steps}.')
   path = os.path.join(root, str(step), 'state')
-  with ocp.PyTreeCheckpointer() as ckpt, warnings.catch_warnings():
-    # Restored as host arrays (the trainer places them on its own mesh): orbax's "sharding info not provided"
-    # warning does not apply.
-    warnings.filterwarnings('ignore', message='Sharding info not provided')
-    tree = ckpt.restore(path)
+  tree = read_host_tree(path)
   seg = tree.get('seg') if isinstance(tree, dict) else None
   if not isinstance(seg, dict) or 'params' not in seg:
     raise ValueError(f'model.init_from={spec!r}: the checkpoint {path} holds no segmentation network (`seg`).')

@@ -176,9 +176,7 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
       preds = parallel.local_rows(preds)[: len(valid)]
       for i in np.flatnonzero(valid)[: config.eval.num_prediction_images - len(shown)]:
         shown.append((batch['image'][i], batch['label'][i], preds[i]))
-  if jax.process_count() > 1:  # each process counted its own block of the split
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    num_images = int(np.sum(multihost_utils.process_allgather(np.int64(num_images))))
+  num_images = int(parallel.process_sum(np.int64(num_images)))  # each process counted its own block of the split
   result = {'dataset': dataset, 'split': split, 'step': int(step), 'num_images': num_images,
             'protocol': protocol.name, 'input_size': list(loader.image_size), 'label_size': list(loader.label_size),
             **metrics_lib.compute_metrics(total, labels_lib.CLASS_NAMES)}
@@ -274,5 +272,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   ckpt.close()
   result = evaluate(method, method.eval_variables(state), config, mesh, step=meta['step'], workdir=workdir)
   logging.info('\n%s', format_table(result))
-  print(format_table(result))
+  parallel.say(format_table(result))
   return result

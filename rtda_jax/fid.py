@@ -443,8 +443,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with open(tmp, 'w') as f:
     json.dump(result, f, indent=2, ensure_ascii=False)
   os.replace(tmp, os.path.join(workdir, FID_FILE))
-  print(f"{'FID' if network.fid else 'FD'} {sets[0].spec} ({stats[0].count} images) vs {sets[1].spec} "
-        f"({stats[1].count} images): {distance:.4f}\n{network.note}.")
+  parallel.say(f"{'FID' if network.fid else 'FD'} {sets[0].spec} ({stats[0].count} images) vs {sets[1].spec} "
+               f"({stats[1].count} images): {distance:.4f}\n{network.note}.")
   return result
 
 

@@ -141,6 +141,22 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+def process_sum(x: Any) -> np.ndarray:
+  """The sum over every process of each process's `x` (a host number or array of one shape in all); `x` itself on
+  one process. Every process must call it (a collective)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0).astype(x.dtype)
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+  """print() on the first process only: a multi-process run prints each line once."""
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
+
+
 def local_rows(x: jax.Array) -> np.ndarray:
   """This process's rows of a batch-sharded array, in order (the whole array on a single process)."""
   if x.is_fully_addressable:

@@ -388,15 +388,17 @@ def _predictions(method: base.Method, members: Any, config: ml_collections.Confi
                  keep: frozenset[str] | None = None
                  ) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, jax.Array, jax.Array | None]]:
   """(batch, preds [B, H, W] uint8, score [B, H, W] float32, agree [B, H, W] bool or None) of `ensemble_scores`
-  over the target `split`, sharded on the mesh. With `keep` (the selected names; one process only), batches without
-  a selected image are skipped."""
+  over the target `split`, sharded on the mesh. With `keep` (the selected names), batches without a selected image
+  are skipped on one process (several must all run every batch: the step is a collective)."""
   from rtda_jax.data import pipeline
+  batch_size = parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')  # this process's
+  skip = keep is not None and jax.process_count() == 1
   step_fn = jax.jit(functools.partial(_predict_step, method, tuple(config.eval.scales), bool(config.eval.flip),
                                       agreement))
   if thresholds is not None:
     thresholds = parallel.replicate(np.asarray(thresholds, np.float32), mesh)
-  for batch in pipeline.eval_loader(config.data, config.data.target, split, config.data.eval_batch_size):
-    if keep is not None and not _selected(batch, keep).any():
+  for batch in pipeline.eval_loader(config.data, config.data.target, split, batch_size):
+    if skip and not _selected(batch, keep).any():
       continue
     images = parallel.shard_batch(batch['image'], mesh)
     yield batch, *step_fn(members, images, thresholds)
@@ -446,6 +448,9 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
                           minlength=config.model.num_classes + 1)
       disagreeing += 0 if agree is None else int((~agree[i]).sum())
       num_images += 1
+  # Each process wrote its own block of the split: the totals of all.
+  kept, disagreeing, num_images = (parallel.process_sum(kept), int(parallel.process_sum(np.int64(disagreeing))),
+                                   int(parallel.process_sum(np.int64(num_images))))
   stats = {'num_images': num_images, 'kept_fraction': float(kept[:-1].sum() / max(1, kept.sum())),
            'pixels_per_class': {n: int(k) for n, k in zip(labels_lib.CLASS_NAMES, kept[:-1])},
            'ignored_pixels': int(kept[-1])}
@@ -529,7 +534,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   members = parallel.replicate(members, mesh)
   result = evaluate_ensemble(method, members, config, mesh, step=min(steps), workdir=workdir)
-  print(evaluate.format_table(result))
+  parallel.say(evaluate.format_table(result))
   info = make_pseudo_labels(method, members, config, mesh, selection=selection)
   info = {'members': [{'workdir': w, 'step': s} for w, s in zip(workdirs, steps)], **info}
   if jax.process_index() == 0:
@@ -539,7 +544,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       write_json(os.path.join(workdir, select_lib.SELECTION_FILE), selection.record())
   chosen = '' if selection is None else (f' selected by the {selection.rule!r} rule from {selection.pool_size} '
                                          f'(selection.json)')
-  print(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images{chosen} in "
-        f"{info['pseudo_dir']} ({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
-        f"--config.selftrain.pseudo_dir={info['pseudo_dir']}")
+  parallel.say(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images{chosen} in "
+               f"{info['pseudo_dir']} ({100 * info['kept_fraction']:.1f}% of pixels kept). Self-train with "
+               f"--config.selftrain.pseudo_dir={info['pseudo_dir']}")
   return {'eval': result, 'pseudo': info}

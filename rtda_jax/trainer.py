@@ -227,9 +227,9 @@ def _check_stage_source(config: ml_collections.ConfigDict, stage_dir: str) -> No
     stage_source = json.load(f).get('data', {}).get('source')
   if stage_source and stage_source != config.data.source:
     raise errors.ConfigError(
-        f'model.init_from={config.model.init_from!r} is a source-only run on {stage_source!r}, but this run adapts from '
-        f'{config.data.source!r}: use the config\'s `{config.data.source}` preset (e.g. configs/adv.py:synthia), or '
-        f'--config.model.init_from=<a run trained on {config.data.source}>.')
+        f'model.init_from={config.model.init_from!r} is a source-only run on {stage_source!r}, but this run '
+        f'adapts from {config.data.source!r}: use the config\'s `{config.data.source}` preset (e.g. '
+        f'configs/adv.py:synthia), or --config.model.init_from=<a run trained on {config.data.source}>.')
 
 
 def _ensure_source_stage(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -245,14 +245,14 @@ def _ensure_source_stage(config: ml_collections.ConfigDict, workdir: str) -> Non
   steps = checkpointing.checkpoint_steps(os.path.join(stage_dir, 'checkpoints', 'last'))
   if steps and steps[-1] >= int(config.model.init_steps):
     return
-  print(f'Stage 1: {stage_dir} (model.init_from) has {"no checkpoint" if not steps else f"step {steps[-1]}"}: '
-        f'training the source-only model there to step {config.model.init_steps} first.')
+  parallel.say(f'Stage 1: {stage_dir} (model.init_from) has {"no checkpoint" if not steps else f"step {steps[-1]}"}: '
+               f'training the source-only model there to step {config.model.init_steps} first.')
   try:
     train_and_evaluate(source_stage_config(config), stage_dir)  # takes (and releases) the lock of stage_dir
   except errors.Interrupted as e:
     raise errors.Interrupted(f'Stage 1 ({stage_dir}) stopped before its end: {e} It finishes first, then stage 2 '
                              f'({config.name}) starts.', e.signum) from e
-  print(f'Stage 2: {config.name} from {stage_dir}.')
+  parallel.say(f'Stage 2: {config.name} from {stage_dir}.')
 
 
 def _warm_start(method: base.Method, state: Any, spec: str) -> Any:
@@ -260,7 +260,7 @@ def _warm_start(method: base.Method, state: Any, spec: str) -> Any:
   variables, info = checkpointing.load_segmentation_variables(spec)
   expected = method.eval_variables(state)
   checkpointing.check_same_structure(variables, dict(expected), f'model.init_from={spec!r} ({info["path"]})')
-  print(f'Warm start from {info["workdir"]} ({info["kind"]} checkpoint, step {info["step"]}).')
+  parallel.say(f'Warm start from {info["workdir"]} ({info["kind"]} checkpoint, step {info["step"]}).')
   return method.warm_start(state, jax.tree.map(np.asarray, variables))
 
 
@@ -317,7 +317,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   t = config.train
   if t.get('resume_step') is not None:
     for moved in checkpointing.rewind(workdir, int(t.resume_step)):
-      print(f'train.resume_step={t.resume_step}: a later checkpoint is set aside in {moved}.')
+      parallel.say(f'train.resume_step={t.resume_step}: a later checkpoint is set aside in {moved}.')
   checkpointer = checkpointing.Checkpointer(workdir, t.max_checkpoints)
   writer, completed = None, False
   try:
@@ -326,7 +326,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       state, meta = checkpointer.restore(state, iterators)
       start, best_miou = int(meta['step']), float(meta['best_miou'])
       saved_interval = meta.get('log_interval')
-      print(f'Resumed from {workdir} at step {start}.')
+      parallel.say(f'Resumed from {workdir} at step {start}.')
     elif config.model.get('init_from'):
       state = _warm_start(method, state, config.model.init_from)
     record_config(config, workdir, start)  # the launch is valid: config.json and config_history.jsonl
@@ -395,7 +395,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           save(step)  # NonFiniteError instead when the state is not finite: nothing non-finite is saved
         if evaluates and (step % config.eval.every_steps == 0 or step == t.num_steps):
           result = run_eval(step)
-          bar.write(evaluate.format_table(result))
+          if jax.process_index() == 0:  # tqdm.write prints even where the bar is disabled
+            bar.write(evaluate.format_table(result))
         if stop:
           stopped_at = step
           break

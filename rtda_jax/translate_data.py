@@ -180,6 +180,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   out_dir = output_dir(config, workdir)
   info = write_translated(method, params, config, out_dir, mesh, os.path.join(workdir, SAMPLES_DIR),
                           about={'translator': os.path.abspath(workdir), 'step': step})
-  print(f"Translated {info['num_images']} source images (translator {workdir}, step {step}) into {out_dir}. Train on "
-        f'them with --config.data.gta5_dir={out_dir}')
+  parallel.say(f"Translated {info['num_images']} source images (translator {workdir}, step {step}) into {out_dir}. "
+               f'Train on them with --config.data.gta5_dir={out_dir}')
   return info

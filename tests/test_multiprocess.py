@@ -5,6 +5,7 @@ exactly as one process with two devices does."""
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtda_jax import errors, parallel
 from rtda_jax.data import pipeline
@@ -131,8 +133,10 @@ class Logged:
 
 
 pipeline.data_source = lambda c, domain, split: Logged(real_source(c, domain, split), f'{{domain}} {{split}}')
-for mode, overrides in spec['runs']:
-  app.run(tiny_config(spec['root'], **{{**spec['overrides'], **overrides}}), workdir=spec['workdir'], mode=mode)
+for mode, overrides, *other in spec['runs']:  # [mode, overrides] or [mode, overrides, workdir, config, preset]
+  workdir, config_name, preset = other or (spec['workdir'], 'source_only', None)
+  config = tiny_config(spec['root'], config_name, preset, **{{**spec['overrides'], **overrides}})
+  app.run(config, workdir=workdir, mode=mode)
 '''
 
 
@@ -142,9 +146,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(spec: dict, num_processes: int, devices_per_process: int, timeout: float = 240) -> None:
+def _launch(spec: dict, num_processes: int, devices_per_process: int, timeout: float = 240) -> list[str]:
   """Runs the driver in `num_processes` processes (a manual launch on 127.0.0.1 when more than one), each with
-  `devices_per_process` CPU devices; fails with their output unless every process exits 0."""
+  `devices_per_process` CPU devices; fails with their output unless every process exits 0, else returns each
+  process's output (stdout and stderr)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_', 'JAX_', 'TPU_'))}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
   if num_processes > 1:
@@ -167,18 +172,14 @@ def _launch(spec: dict, num_processes: int, devices_per_process: int, timeout: f
   print(f'{num_processes} process(es): {time.perf_counter() - start:.1f} s')
   for p, (proc, out) in enumerate(zip(procs, outputs)):
     assert proc.returncode == 0, f'process {p} of {num_processes} exited {proc.returncode}:\n{out[-4000:]}'
+  return outputs
 
 
 def _saved_state(workdir: str, step: int) -> dict:
-  """Checkpoint `step` of `workdir/checkpoints/last` as numpy arrays. (Restored without a target, orbax rebuilds
-  the saved shardings, which name devices of the two processes that this process does not have.)"""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'checkpoints', 'last', str(step), 'state')
-  with ocp.PyTreeCheckpointer() as ckpt:
-    tree = ckpt.metadata(path).item_metadata.tree
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return ckpt.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  """Checkpoint `step` of `workdir/checkpoints/last` as numpy arrays (its shardings name the two processes'
+  devices, which this process does not have)."""
+  from rtda_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.read_host_tree(os.path.join(workdir, 'checkpoints', 'last', str(step), 'state'))
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -203,11 +204,18 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   spec = lambda workdir, runs, log: {'root': data_root, 'workdir': workdir, 'runs': runs, 'overrides': overrides,
                                      'log': str(tmp_path / log)}
-  _launch(spec(one, [['train', {}]], 'one'), num_processes=1, devices_per_process=2)
+  # Pseudo-labels of the 16 train images from the run's last checkpoint (the MBT path of self-training).
+  pseudo = lambda run: ['pseudolabel', {'mbt.workdirs': run, 'mbt.name': f'mp_{os.path.basename(run)}'},
+                        run + '_pseudo', 'fda', 'mbt']
+  _launch(spec(one, [['train', {}], pseudo(one)], 'one'), num_processes=1, devices_per_process=2)
   # Stop after 3 steps (checkpoint), then resume to the end (6 steps, evaluation) and evaluate the last checkpoint.
   _launch(spec(two, [['train', {'train.stop_after_steps': 3}]], 'first'), num_processes=2, devices_per_process=1)
   assert _saved_state(two, 3)['seg']['step'] == 3 and not os.path.exists(os.path.join(two, 'eval.json'))
-  _launch(spec(two, [['train', {}], ['evaluate', {}]], 'second'), num_processes=2, devices_per_process=1)
+  outputs = _launch(spec(two, [['train', {}], ['evaluate', {}], pseudo(two)], 'second'), num_processes=2,
+                    devices_per_process=1)
+  # Printed once: the first process prints the three evaluation tables and the pseudo-label summary, the other none.
+  assert outputs[0].count('mIoU') >= 3 and 'Pseudo-labels' in outputs[0]
+  assert 'mIoU' not in outputs[1] and 'Pseudo-labels' not in outputs[1], outputs[1][-2000:]
 
   assert read_eval(two) == read_eval(one) and read_eval(two)['num_images'] == 8
   import jax  # pylint: disable=g-import-not-at-top
@@ -221,9 +229,20 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   assert [m['step'] for m in _metrics(two) if 'loss' in m] == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(two, 'checkpoints', 'last'))) == ['3', '6']
   # Evaluation: the processes read disjoint blocks of the val split that together hold every image, each image once
-  # per evaluation (two in the second launch: the end of training and --mode=evaluate).
+  # per evaluation (three in the second launch: the end of training, --mode=evaluate and the ensemble's evaluation
+  # of --mode=pseudolabel).
   val = [collections.Counter({k[2]: n for k, n in _reads(str(tmp_path / f'second.{p}')).items()
                               if k[:2] == ('cityscapes', 'val')}) for p in range(2)]
   assert not set(val[0]) & set(val[1])
   assert sorted(int(i) for i in {**val[0], **val[1]}) == list(range(8))
-  assert set(val[0].values()) == set(val[1].values()) == {2}
+  assert set(val[0].values()) == set(val[1].values()) == {3}
+  # Pseudo-labels: the same labels of every image, each written by one process, counted over both.
+  info = [json.load(open(os.path.join(run + '_pseudo', 'pseudolabels.json'))) for run in (one, two)]
+  for key in ('num_images', 'kept_fraction', 'pixels_per_class', 'ignored_pixels', 'thresholds'):
+    assert info[0][key] == info[1][key], key
+  assert info[1]['num_images'] == 16
+  labels = [sorted(glob.glob(os.path.join(i['pseudo_dir'], 'gtFine', 'train', '*', '*_gtFine_labelIds.png')))
+            for i in info]
+  assert len(labels[0]) == len(labels[1]) == 16
+  for a, b in zip(*labels):
+    np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)), err_msg=b)

@@ -92,6 +92,32 @@ def test_missing_checkpoint_is_an_error_naming_it(data_root, tmp_path):
     checkpointing.load_segmentation_variables(str(tmp_path / 'one') + ':7')
 
 
+def test_a_checkpoint_saved_over_other_devices_warm_starts_here(tmp_path):
+  """A run saved by several processes or GPUs names devices a later process may not have; warm start reads its
+  arrays as host arrays all the same (here: sharded over this session's 8 devices, read by a 1-device process)."""
+  import subprocess
+  import sys
+
+  import orbax.checkpoint as ocp
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  w = jax.device_put(jnp.arange(16.0), NamedSharding(mesh, PartitionSpec('data')))
+  mean = jax.device_put(jnp.full((3,), 0.5), NamedSharding(mesh, PartitionSpec()))
+  path = tmp_path / 'run' / 'checkpoints' / 'last' / '7' / 'state'
+  with ocp.PyTreeCheckpointer() as ckpt:
+    ckpt.save(str(path), {'seg': {'params': {'w': w}, 'batch_stats': {'mean': mean}}, 'step': 7})
+  code = ('import numpy as np, jax; from rtda_jax import checkpointing\n'
+          f'v, info = checkpointing.load_segmentation_variables({str(tmp_path / "run")!r})\n'
+          'assert jax.device_count() == 1 and info["step"] == 7, (jax.device_count(), info)\n'
+          'np.testing.assert_array_equal(v["params"]["w"], np.arange(16.0))\n'
+          'np.testing.assert_array_equal(v["batch_stats"]["mean"], np.full((3,), 0.5))\n')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_mismatched_checkpoint_is_an_error_naming_it(two_stage, data_root):
   stage, _, _ = two_stage
   config = tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.num_classes': 5})

@@ -324,10 +324,10 @@ def _unknown_ids_error(ex: Example, domain: str, ids: np.ndarray, counts: np.nda
   more = f' and {len(ids) - 8} more' if len(ids) > 8 else ''
   return DatasetError(
       f'Label {ex.label_path!r} holds ids {shown}{more} of its {size} pixels that are neither in the {domain} label '
-      f'table ({_TABLE_NAMES.get(domain, "its ids")} {min(TABLE_IDS[domain])}..{max(TABLE_IDS[domain])}) nor its ignore value '
-      f'{", ".join(map(str, IGNORE_IDS[domain])) or "(none)"}. Label files hold label ids (gtFine_labelIds.png, GTA5 '
-      'labels/, SYNTHIA GT/LABELS), not train ids or colours: check the file, or pass --config.data.unknown_label_ids=ignore to map such ids to '
-      'ignore (255) on purpose.')
+      f'table ({_TABLE_NAMES.get(domain, "its ids")} {min(TABLE_IDS[domain])}..{max(TABLE_IDS[domain])}) nor its '
+      f'ignore value {", ".join(map(str, IGNORE_IDS[domain])) or "(none)"}. Label files hold label ids '
+      '(gtFine_labelIds.png, GTA5 labels/, SYNTHIA GT/LABELS), not train ids or colours: check the file, or pass '
+      '--config.data.unknown_label_ids=ignore to map such ids to ignore (255) on purpose.')
 
 
 def _convert(ex: Example, size: tuple[int, int], lut: np.ndarray, domain: str | None = None,
