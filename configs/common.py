@@ -35,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.root = 'data'  # generated benchmark and built datasets live here (git-ignored)
   data.gta5_dir = ml_collections.FieldReference(None, field_type=str)  # raw GTA5 folder; None = embedded benchmark
   data.cityscapes_dir = ml_collections.FieldReference(None, field_type=str)  # raw Cityscapes folder; None = benchmark
-  data.synthia_dir = ml_collections.FieldReference(None, field_type=str)  # raw SYNTHIA-RAND-CITYSCAPES; None = benchmark
+  data.synthia_dir = ml_collections.FieldReference(None, field_type=str)  # raw SYNTHIA-RAND-CITYSCAPES; None: benchm.
   # The labelled training domain: 'gta5', 'synthia' (19 outputs, terrain/truck/train ignored; evaluated over 16 / 13
   # classes) or 'cityscapes' (the oracle). `--config.data.source=synthia` works for every config; at the `paper` /
   # `course` scale use the `synthia` preset instead, which also sets the SYNTHIA training sizes of the recipe.
@@ -79,6 +79,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = 'bisenet'
   model.num_classes = 19
+  # The classes the classifier has outputs for: 'all', or 'synthia16' (SYNTHIA's 16, as 16-class SYNTHIA models;
+  # terrain, truck and train labels then ignored in training and evaluation). rtda_jax/models/classes.py.
+  model.output_classes = 'all'
   model.dtype = 'float32'  # computation dtype: float32 or bfloat16 (parameters stay float32)
   model.pretrained = ml_collections.FieldReference(None, field_type=str)  # .npz / .safetensors / .pth; None = random
   model.multi_level = False  # DeepLab-v2: second classifier on layer3
@@ -107,7 +110,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.momentum = 0.9
   train.weight_decay = 1e-4
   train.poly_power = 0.9
-  train.schedule_steps = 0  # horizon T of the poly decay (the references decay over T, stop at num_steps); 0 = num_steps
+  train.schedule_steps = 0  # horizon T of the poly decay (references decay over T, stop at num_steps); 0 = num_steps
   train.warmup_steps = 0
   train.loss = 'ce'  # ce | ohem | focal | ce_focal | dice
   train.aux_weight = 1.0  # weight of each auxiliary head's loss
@@ -274,8 +277,8 @@ def apply_adaptsegnet_recipe(config: ml_collections.ConfigDict) -> None:
 
 def apply_fda_recipe(config: ml_collections.ConfigDict) -> None:
   """FDA (options/train_options.py l.24-31, data/__init__.py l.10): batch 1; GTA5 resized to 1280x720 (SYNTHIA:
-  1280x760) and randomly cropped to 1024x512, Cityscapes resized to 1024x512; SGD 2.5e-4, poly 0.9 over 150k steps stopped at 100k;
-  evaluated as AdaptSegNet."""
+  1280x760) and randomly cropped to 1024x512, Cityscapes resized to 1024x512; SGD 2.5e-4, poly 0.9 over 150k steps
+  stopped at 100k; evaluated as AdaptSegNet."""
   apply_adaptsegnet_recipe(config)
   config.data.resize_mode = 'crop'  # the Cityscapes images are stored at the crop size: their crop is the image
   config.data.source_train_size = (512, 1024)
@@ -300,9 +303,9 @@ def apply_dacs_recipe(config: ml_collections.ConfigDict) -> None:
 
 def apply_course_recipe(config: ml_collections.ConfigDict) -> None:
   """The real-time course setting (REFERENCES.md, "Course setting for BiSeNet"), one recipe for every config so a
-  course table compares like with like: GTA5 stored at 720x1280 (SYNTHIA at 760x1280), Cityscapes at 512x1024, random 512x1024 crops,
-  batch 2, SGD lr 2.5e-4 x batch, poly 0.9, 50 epochs of the training domain; discriminators (adv.py) at
-  1e-4 x batch; scored at the stored 512x1024 labels."""
+  course table compares like with like: GTA5 stored at 720x1280 (SYNTHIA at 760x1280), Cityscapes at 512x1024,
+  random 512x1024 crops, batch 2, SGD lr 2.5e-4 x batch, poly 0.9, 50 epochs of the training domain; discriminators
+  (adv.py) at 1e-4 x batch; scored at the stored 512x1024 labels."""
   _real_data(config, (720, 1280), (512, 1024))
   t, data = config.train, config.data
   data.resize_mode = 'crop'

@@ -38,6 +38,7 @@ from rtda_jax import labels as labels_lib
 from rtda_jax import metrics as metrics_lib
 from rtda_jax import parallel
 from rtda_jax.errors import ConfigError
+from rtda_jax.models import classes
 
 if TYPE_CHECKING:  # the model code is imported where it runs, so that --mode=prepare can read the protocol
   from rtda_jax.methods import base
@@ -80,10 +81,12 @@ def get_protocol(config: ml_collections.ConfigDict) -> Protocol:
 
 
 def get_class_set(config: ml_collections.ConfigDict) -> str:
-  """The checked evaluation class set of `config.eval.class_set` ('auto': 'synthia16' for data.source 'synthia')."""
+  """The checked evaluation class set of `config.eval.class_set` ('auto': 'synthia16' for data.source 'synthia' or
+  a 16-output net, model.output_classes='synthia16')."""
   value = config.eval.get('class_set', 'auto')
   if value == 'auto':
-    return 'synthia16' if config.data.source == 'synthia' else 'all'
+    sixteen = config.data.source == 'synthia' or config.model.get('output_classes') == 'synthia16'
+    return 'synthia16' if sixteen else 'all'
   if value not in metrics_lib.CLASS_SETS:
     raise ConfigError(f'config.eval.class_set={value!r} is not a class set; choose one of '
                       f"{('auto',) + tuple(metrics_lib.CLASS_SETS)} (e.g. --config.eval.class_set=synthia16).")
@@ -156,6 +159,7 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
   # This process's rows of each global batch of data.eval_batch_size images.
   batch_size = parallel.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
   num_classes = config.model.num_classes
+  output_ids = classes.output_ids(config.model.get('output_classes'))
   if probs_fn is None:
     probs_fn = functools.partial(predict_probs, method, scales=tuple(config.eval.scales), flip=bool(config.eval.flip),
                                  align_corners=protocol.align_corners)
@@ -168,7 +172,8 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
                                 image_resample=protocol.image_resample)
   for batch in loader:
     valid = np.asarray(batch['valid'])
-    sharded = parallel.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
+    label = classes.ignore_absent(batch['label'], output_ids)  # a 16-output net: scored on its 16 classes only
+    sharded = parallel.shard_batch({'image': batch['image'], 'label': label}, mesh)
     cm, preds = step_fn(variables, sharded['image'], sharded['label'])
     total = metrics_lib.accumulate(total, jax.device_get(cm))
     num_images += int(valid.sum())

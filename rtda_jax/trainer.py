@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rtda_jax import checkpointing, errors, evaluate, methods, parallel
 from rtda_jax.methods import base
+from rtda_jax.models import classes
 from rtda_jax.workdir import WorkdirLock, record_config
 
 # Folds of the root key (config.seed): one stream per purpose, never reused.
@@ -264,6 +265,13 @@ def _warm_start(method: base.Method, state: Any, spec: str) -> Any:
   return method.warm_start(state, jax.tree.map(np.asarray, variables))
 
 
+def _ignore_absent(batch: dict[str, Any], output_ids: tuple[int, ...] | None) -> dict[str, Any]:
+  """The batch with the labels of classes the network has no output for set to ignore (models/classes.py)."""
+  if output_ids is None or 'label' not in batch:
+    return batch
+  return {**batch, 'label': classes.ignore_absent(batch['label'], output_ids)}
+
+
 def comparison_table(before: dict[str, Any], after: dict[str, Any], names: tuple[str, str]) -> str:
   """Per-class IoU of two evaluations side by side, with the difference (both on the same split)."""
   fmt = lambda v: '     n/a' if v is None else f'{v:8.2f}'
@@ -358,6 +366,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       return res
 
     evaluates = method.evaluates_segmentation  # False for a translator: no segmentation net of its own to score
+    output_ids = classes.output_ids(config.model.get('output_classes'))  # a 16-output net ignores the other labels
     init_eval = _initial_evaluation(method, state, config, mesh, workdir, start) if evaluates else None
     pending = None  # the previous step's metrics: checked one step late so the device is never idle
     tick, tick_step, stopped_at = time.perf_counter(), start, None
@@ -365,7 +374,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                                    disable=jax.process_index() != 0, dynamic_ncols=True) as bar:
       last_step = t.num_steps if not t.stop_after_steps else min(t.num_steps, start + t.stop_after_steps)
       for step in range(start + 1, last_step + 1):
-        batch = parallel.shard_batch({d: next(it) for d, it in iterators.items()}, mesh)
+        batch = parallel.shard_batch({d: _ignore_absent(next(it), output_ids) for d, it in iterators.items()}, mesh)
         state, metrics = step_fn(state, batch)
         if interval is None:  # the first step of this launch: the method's metric names are known now
           cls = interval_metrics(list(metrics))

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rtda_jax import models
+from rtda_jax.models import classes
 
 TINY = (64, 64)
 TINY_MODEL = 'tiny_test_seg'
@@ -21,6 +22,7 @@ class TinySeg(nn.Module):
   """A two-conv segmentation net with the models' output contract (aux only in train mode, like BiSeNet), so the
   method tests compile in seconds."""
   num_classes: int = 19
+  output_ids: tuple[int, ...] | None = None  # model.output_classes, as in the real models
 
   @nn.compact
   def __call__(self, images, train: bool):
@@ -28,13 +30,15 @@ class TinySeg(nn.Module):
     x = nn.Conv(8, (3, 3), name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
     x = nn.relu(x)
-    logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
-    aux = nn.Conv(self.num_classes, (1, 1), name='aux')(x)
+    k = classes.num_outputs(self.num_classes, self.output_ids)
+    logits = classes.expand(nn.Conv(k, (1, 1), name='classifier')(x), self.output_ids, self.num_classes)
+    aux = classes.expand(nn.Conv(k, (1, 1), name='aux')(x), self.output_ids, self.num_classes)
     return {'logits': logits, 'aux': (aux,) if train else (), 'features': x}
 
 
 models.register_model(TINY_MODEL, models.ModelSpec(
-    build=lambda c: TinySeg(c.num_classes), param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
+    build=lambda c: TinySeg(c.num_classes, classes.output_ids(c.get('output_classes'))),
+    param_labels=lambda p: jax.tree.map(lambda _: 'backbone', p),
     backbone_path=()))
 
 

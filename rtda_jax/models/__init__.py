@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rtda_jax.models import bisenet, deeplabv2, discriminator, norm
+from rtda_jax.models import bisenet, classes, deeplabv2, discriminator, norm
 from rtda_jax.models.bisenet import BiSeNet
 from rtda_jax.models.deeplabv2 import DeepLabV2
 from rtda_jax.models.discriminator import FCDiscriminator
@@ -59,11 +59,13 @@ def _bn_mode(model_config: ml_collections.ConfigDict, default: str) -> str:
 
 MODELS: dict[str, ModelSpec] = {
     'bisenet': ModelSpec(
-        build=lambda c: BiSeNet(num_classes=c.num_classes, bn_mode=_bn_mode(c, BiSeNet.bn_mode),
+        build=lambda c: BiSeNet(num_classes=c.num_classes, output_ids=classes.output_ids(c.get('output_classes')),
+                                bn_mode=_bn_mode(c, BiSeNet.bn_mode),
                                 align_corners=bool(c.get('align_corners', False)), dtype=get_dtype(c.dtype)),
         param_labels=bisenet.param_labels, backbone_path=('context_path',), default_bn_mode=BiSeNet.bn_mode),
     'deeplabv2': ModelSpec(
-        build=lambda c: DeepLabV2(num_classes=c.num_classes, multi_level=bool(c.get('multi_level', False)),
+        build=lambda c: DeepLabV2(num_classes=c.num_classes, output_ids=classes.output_ids(c.get('output_classes')),
+                                  multi_level=bool(c.get('multi_level', False)),
                                   bn_mode=_bn_mode(c, DeepLabV2.bn_mode),
                                   align_corners=bool(c.get('align_corners', False)), dtype=get_dtype(c.dtype)),
         param_labels=deeplabv2.param_labels, backbone_path=('backbone',), default_bn_mode=DeepLabV2.bn_mode),

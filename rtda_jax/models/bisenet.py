@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtda_jax.models import classes
 from rtda_jax.models.norm import affine_frozen, check_bn_mode
 from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet, batch_norm
@@ -100,6 +101,7 @@ class BiSeNet(nn.Module):
   'features': [B, H/32, W/32, 512] float32 (ResNet layer4)}.
   """
   num_classes: int = 19
+  output_ids: tuple[int, ...] | None = None  # classes.py: outputs for these train ids only, others ABSENT_LOGIT
   backbone_depth: int = 18
   bn_mode: str = 'train'  # norm.BN_MODES, of the context path
   align_corners: bool = False  # of the bilinear upsamplings to the input size
@@ -123,15 +125,17 @@ class BiSeNet(nn.Module):
     cx2 = resize_bilinear(cx2, size8)  # [B, H/8, W/8, 512]
     context = jnp.concatenate([cx1, cx2], axis=-1)
 
-    fused = FeatureFusionModule(self.num_classes, self.dtype, name='feature_fusion_module')(spatial, context, train)
-    fused = resize_bilinear(fused, (height, width), self.align_corners)  # [B, H, W, K]
-    logits = _conv(self.num_classes, 1, 1, 0, self.dtype, 'conv')(fused).astype(jnp.float32)
+    k = classes.num_outputs(self.num_classes, self.output_ids)
+    expand = lambda x: classes.expand(x.astype(jnp.float32), self.output_ids, self.num_classes)
+    fused = FeatureFusionModule(k, self.dtype, name='feature_fusion_module')(spatial, context, train)
+    fused = resize_bilinear(fused, (height, width), self.align_corners)  # [B, H, W, k]
+    logits = expand(_conv(k, 1, 1, 0, self.dtype, 'conv')(fused))
 
     aux: tuple[jnp.ndarray, ...] = ()
     if train or self.is_initializing():  # the heads' parameters exist in every mode
       aux = tuple(
-          resize_bilinear(_conv(self.num_classes, 1, 1, 0, self.dtype, f'supervision{i}')(c),
-                          (height, width), self.align_corners).astype(jnp.float32)
+          expand(resize_bilinear(_conv(k, 1, 1, 0, self.dtype, f'supervision{i}')(c), (height, width),
+                                 self.align_corners))
           for i, c in ((1, cx1), (2, cx2)))
     return {'logits': logits, 'aux': aux if train else (), 'features': feats['layer4'].astype(jnp.float32)}
 

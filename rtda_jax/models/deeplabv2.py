@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rtda_jax.models import classes
 from rtda_jax.models.norm import affine_frozen, check_bn_mode
 from rtda_jax.models.resize import resize_bilinear
 from rtda_jax.models.resnet import ResNet
@@ -62,6 +63,7 @@ class DeepLabV2(nn.Module):
   else (), 'features': [B, ~H/8, ~W/8, 2048] float32 (layer4)}. BN as `bn_mode` says (module docstring).
   """
   num_classes: int = 19
+  output_ids: tuple[int, ...] | None = None  # classes.py: outputs for these train ids only, others ABSENT_LOGIT
   multi_level: bool = False
   backbone_depth: int = 101
   bn_mode: str = 'batch'  # norm.BN_MODES
@@ -74,12 +76,13 @@ class DeepLabV2(nn.Module):
     x = caffe_normalize(images).astype(self.dtype)
     feats = ResNet(self.backbone_depth, output_stride=8, caffe_style=True, bn_mode=check_bn_mode(self.bn_mode),
                    dtype=self.dtype, name='backbone')(x, train)
-    logits = ASPPClassifier(self.num_classes, dtype=self.dtype, name='classifier')(feats['layer4'])
-    logits = resize_bilinear(logits.astype(jnp.float32), (height, width), self.align_corners)  # [B, H, W, K]
+    k = classes.num_outputs(self.num_classes, self.output_ids)
+    head = lambda x: classes.expand(resize_bilinear(x.astype(jnp.float32), (height, width), self.align_corners),
+                                    self.output_ids, self.num_classes)  # [B, H, W, K]
+    logits = head(ASPPClassifier(k, dtype=self.dtype, name='classifier')(feats['layer4']))
     aux: tuple[jnp.ndarray, ...] = ()
     if self.multi_level:
-      aux_logits = ASPPClassifier(self.num_classes, dtype=self.dtype, name='classifier_aux')(feats['layer3'])
-      aux = (resize_bilinear(aux_logits.astype(jnp.float32), (height, width), self.align_corners),)
+      aux = (head(ASPPClassifier(k, dtype=self.dtype, name='classifier_aux')(feats['layer3'])),)
     return {'logits': logits, 'aux': aux, 'features': feats['layer4'].astype(jnp.float32)}
 
 
