@@ -175,8 +175,20 @@ def _shrink(config):
 ALL = [(name, preset) for name, presets in ADVERTISED.items() for preset in presets]
 
 
+@pytest.fixture
+def shallow_deeplab(monkeypatch):
+  """DeepLab-v2 on a ResNet-50 backbone instead of ResNet-101 in these trace tests: the same block type, widths
+  and heads (what a preset's wiring meets), half the Python tracing of the 101 layers. test_models.py covers the
+  ResNet-101 DeepLab-v2 itself."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from rtda_jax import models  # pylint: disable=g-import-not-at-top
+  spec = models.MODELS['deeplabv2']
+  monkeypatch.setitem(models.MODELS, 'deeplabv2',
+                      dataclasses.replace(spec, build=lambda c: spec.build(c).clone(backbone_depth=50)))
+
+
 @pytest.mark.parametrize('name,preset', ALL, ids=[f'{n}:{p or "default"}' for n, p in ALL])
-def test_advertised_preset_builds_and_traces_one_train_step(name, preset):
+def test_advertised_preset_builds_and_traces_one_train_step(name, preset, shallow_deeplab):
   config = _shrink(get_config(name, preset))
   trainer.check_initialisation(config)
   method = methods.get_method(config)

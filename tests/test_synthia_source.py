@@ -17,7 +17,7 @@ from configs import common
 from rtda_jax import app, labels, methods, trainer
 from rtda_jax.data import builders, pipeline, synthetic, synthia
 from rtda_jax.methods import base
-from tests.trainer_utils import TINY, read_eval, tiny_config
+from tests.trainer_utils import TINY, TINY_MODEL, read_eval, tiny_config
 
 RAW_HW = (16, 32)  # [H, W] of the written SYNTHIA images
 STORED = (8, 16)  # [H, W] the builder stores (a 2x nearest downscale of the labels)
@@ -158,7 +158,7 @@ def synthia_root(tmp_path_factory):
 def test_source_only_run_on_synthia_scores_16_and_13_classes(synthia_root, tmp_path):
   assert not os.path.exists(os.path.join(synthia_root, 'synthetic', 'gta5'))
   workdir = str(tmp_path / 'run')
-  app.run(synthia_config(synthia_root, **{'train.num_steps': 3}), workdir=workdir)
+  app.run(synthia_config(synthia_root, **{'train.num_steps': 3, 'model.name': TINY_MODEL}), workdir=workdir)
   ev = read_eval(workdir)
   assert ev['class_set'] == 'synthia16'
   assert ev['miou'] == pytest.approx(ev['miou_16'])

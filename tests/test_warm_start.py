@@ -16,12 +16,18 @@ from tests.trainer_utils import (TINY, TINY_MODEL, assert_trees_equal, random_ba
                                  tiny_config)
 
 
+def _config(data_root: str, name: str = 'source_only', **overrides):
+  """tiny_config with the tiny test net (warm start, stages and AdaBN do not depend on the network; the models'
+  own tests cover BiSeNet and DeepLab-v2)."""
+  return tiny_config(data_root, name, **{'model.name': TINY_MODEL, **overrides})
+
+
 @pytest.fixture(scope='module')
 def two_stage(data_root, tmp_path_factory):
   """adv from a source-only stage that the adv run trains itself (init_steps), 4 steps straight."""
   base = tmp_path_factory.mktemp('two_stage')
   stage, workdir = str(base / 'source'), str(base / 'adv')
-  config = tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3,
+  config = _config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3,
                                             'train.num_steps': 4})
   result = app.run(config, workdir=workdir)
   return stage, workdir, result
@@ -53,7 +59,7 @@ def test_warm_start_evaluates_the_starting_model_first(two_stage):
 
 def test_warm_start_copies_the_segmentation_variables_only(two_stage, data_root):
   stage, _, _ = two_stage
-  config = tiny_config(data_root, 'adv', **{'model.init_from': stage})
+  config = _config(data_root, 'adv', **{'model.init_from': stage})
   method = methods.get_method(config)
   fresh = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
   warm = jax.device_get(trainer._warm_start(method, fresh, stage))  # pylint: disable=protected-access
@@ -67,7 +73,7 @@ def test_warm_start_copies_the_segmentation_variables_only(two_stage, data_root)
 
 def test_dacs_teacher_starts_from_the_warm_start(two_stage, data_root):
   stage, _, _ = two_stage
-  method = methods.get_method(tiny_config(data_root, 'dacs'))
+  method = methods.get_method(_config(data_root, 'dacs'))
   state = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
   warm = jax.device_get(trainer._warm_start(method, state, stage))  # pylint: disable=protected-access
   assert_trees_equal(warm.teacher['params'], restore_params(stage)['seg']['params'])
@@ -77,14 +83,14 @@ def test_warm_started_run_resumes_bit_for_bit(two_stage, data_root, tmp_path):
   stage, workdir, _ = two_stage
   resumed = str(tmp_path / 'resumed')
   overrides = {'model.init_from': stage, 'model.init_steps': 3, 'train.num_steps': 4}
-  app.run(tiny_config(data_root, 'adv', **overrides, **{'train.stop_after_steps': 2}), workdir=resumed)
-  app.run(tiny_config(data_root, 'adv', **overrides), workdir=resumed)
+  app.run(_config(data_root, 'adv', **overrides, **{'train.stop_after_steps': 2}), workdir=resumed)
+  app.run(_config(data_root, 'adv', **overrides), workdir=resumed)
   assert_trees_equal(restore_params(workdir), restore_params(resumed))
   assert read_eval(workdir) == read_eval(resumed)
 
 
 def test_missing_checkpoint_is_an_error_naming_it(data_root, tmp_path):
-  config = tiny_config(data_root, 'adv', **{'model.init_from': str(tmp_path / 'nowhere')})
+  config = _config(data_root, 'adv', **{'model.init_from': str(tmp_path / 'nowhere')})
   with pytest.raises(FileNotFoundError, match='nowhere.*no checkpoint'):
     app.run(config, workdir=str(tmp_path / 'w'))
   os.makedirs(tmp_path / 'one' / 'checkpoints' / 'last' / '1')
@@ -120,7 +126,7 @@ def test_a_checkpoint_saved_over_other_devices_warm_starts_here(tmp_path):
 
 def test_mismatched_checkpoint_is_an_error_naming_it(two_stage, data_root):
   stage, _, _ = two_stage
-  config = tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.num_classes': 5})
+  config = _config(data_root, 'adv', **{'model.init_from': stage, 'model.num_classes': 5})
   method = methods.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
   with pytest.raises(ValueError, match=r'init_from=.*does not match this model.*shapes differ'):
@@ -156,7 +162,7 @@ def _numpy_conv3x3_same(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> 
 
 
 def test_adabn_statistics_equal_a_numpy_reestimate(data_root):
-  config = tiny_config(data_root, 'adabn', **{'model.init_from': 'unused-here', 'model.name': TINY_MODEL})
+  config = _config(data_root, 'adabn', **{'model.init_from': 'unused-here', 'model.name': TINY_MODEL})
   method = methods.get_method(config)
   state = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
   batches = [random_batch(4, TINY, seed=s, domains=('target',)) for s in range(3)]
@@ -179,20 +185,20 @@ def test_adabn_statistics_equal_a_numpy_reestimate(data_root):
 
 
 def test_adabn_before_any_batch_is_the_source_model(data_root):
-  method = methods.get_method(tiny_config(data_root, 'adabn', **{'model.init_from': 'x', 'model.name': TINY_MODEL}))
+  method = methods.get_method(_config(data_root, 'adabn', **{'model.init_from': 'x', 'model.name': TINY_MODEL}))
   state = method.init(jax.random.PRNGKey(0), {'source': TINY, 'target': TINY})
   assert_trees_equal(jax.device_get(method.eval_variables(state)['batch_stats']), jax.device_get(state.source_stats))
 
 
 def test_adabn_needs_a_trained_model(data_root):
   with pytest.raises(ValueError, match='init_from'):
-    methods.get_method(tiny_config(data_root, 'adabn'))
+    methods.get_method(_config(data_root, 'adabn'))
 
 
 def test_adabn_through_the_trainer_changes_only_the_statistics(two_stage, data_root, tmp_path):
   stage, _, _ = two_stage
   workdir = str(tmp_path / 'adabn')
-  result = app.run(tiny_config(data_root, 'adabn', **{'model.init_from': stage, 'train.num_steps': 3}),
+  result = app.run(_config(data_root, 'adabn', **{'model.init_from': stage, 'train.num_steps': 3}),
                    workdir=workdir)
   assert result['step'] == 3
   saved, source = restore_params(workdir)['seg'], restore_params(stage)['seg']
@@ -216,10 +222,10 @@ def test_population_statistics_formula():
 
 def test_a_half_trained_stage_is_finished_before_stage_two(data_root, tmp_path):
   stage, workdir = str(tmp_path / 'stage'), str(tmp_path / 'adv')
-  app.run(tiny_config(data_root, **{'train.num_steps': 3, 'train.stop_after_steps': 1}), workdir=stage)
+  app.run(_config(data_root, **{'train.num_steps': 3, 'train.stop_after_steps': 1}), workdir=stage)
   assert restore_params(stage)['seg']['step'] == 1
   # The adaptation run's own job-slot limit (stop_after_steps) does not cut its first stage short.
-  app.run(tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3, 'train.num_steps': 2,
+  app.run(_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3, 'train.num_steps': 2,
                                            'train.stop_after_steps': 1}), workdir=workdir)
   assert restore_params(stage)['seg']['step'] == 3
   assert restore_params(workdir)['seg']['step'] == 1
@@ -229,7 +235,7 @@ def test_a_stage_trained_on_another_source_is_refused(two_stage, data_root, tmp_
   """`--config.data.source=synthia` with the GTA5 demo's stage as init_from: an error naming both sources."""
   from rtda_jax import errors
   stage, _, _ = two_stage
-  config = tiny_config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3,
+  config = _config(data_root, 'adv', **{'model.init_from': stage, 'model.init_steps': 3,
                                             'data.source': 'synthia'})
   with pytest.raises(errors.ConfigError, match="source-only run on 'gta5'.*adapts from 'synthia'"):
     app.run(config, workdir=str(tmp_path / 'w'))
