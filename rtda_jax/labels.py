@@ -70,20 +70,20 @@ PALETTE = np.array([l.color for l in TRAIN_LABELS], dtype=np.uint8)
 TRAIN_ID_TO_LABEL_ID = np.array([l.id for l in TRAIN_LABELS], dtype=np.uint8)
 
 
-def _raw_to_train_lut() -> np.ndarray:
+def _to_train_lut(labels: tuple[Label, ...]) -> np.ndarray:
+  """[256] uint8, read-only: label id -> train id of `labels` (ids outside 0..255 skipped, the rest IGNORE)."""
   lut = np.full(256, IGNORE, dtype=np.uint8)
-  for l in LABELS:
+  for l in labels:
     if 0 <= l.id < 256:
       lut[l.id] = l.train_id
+  lut.setflags(write=False)
   return lut
 
 
 # [256] uint8 lookup tables: raw label id -> train id. GTA5 stores Cityscapes label ids, so the tables are equal;
 # they are kept apart so a dataset with its own ids (e.g. SYNTHIA) can get its own table.
-CITYSCAPES_TO_TRAIN = _raw_to_train_lut()
-GTA5_TO_TRAIN = _raw_to_train_lut()
-for _lut in (CITYSCAPES_TO_TRAIN, GTA5_TO_TRAIN):
-  _lut.setflags(write=False)
+CITYSCAPES_TO_TRAIN = _to_train_lut(LABELS)
+GTA5_TO_TRAIN = _to_train_lut(LABELS)
 
 # SYNTHIA-RAND-CITYSCAPES class ids (the first channel of its 16-bit GT/LABELS PNGs; its README lists them with these
 # GT/COLOR colours) and the Cityscapes train id of each: the 16 classes SYNTHIA shares with Cityscapes. Terrain (16),
@@ -118,16 +118,8 @@ SYNTHIA_LABELS: tuple[Label, ...] = (
 SYNTHIA_MAX_ID = max(l.id for l in SYNTHIA_LABELS)  # 22: a label id above it is not a SYNTHIA class
 
 
-def _synthia_to_train_lut() -> np.ndarray:
-  lut = np.full(256, IGNORE, dtype=np.uint8)
-  for l in SYNTHIA_LABELS:
-    lut[l.id] = l.train_id
-  lut.setflags(write=False)
-  return lut
-
-
 # [256] uint8: SYNTHIA class id -> Cityscapes train id (ids above SYNTHIA_MAX_ID -> IGNORE; readers reject them).
-SYNTHIA_TO_TRAIN = _synthia_to_train_lut()
+SYNTHIA_TO_TRAIN = _to_train_lut(SYNTHIA_LABELS)
 # The evaluation class sets of SYNTHIA -> Cityscapes, in train-id order: the 16 classes SYNTHIA labels (mIoU) and
 # the 13 of mIoU* (without wall, fence and pole), the two figures SYNTHIA -> Cityscapes papers report.
 SYNTHIA16_CLASS_NAMES: tuple[str, ...] = tuple(
