@@ -359,7 +359,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     def run_eval(step: int) -> dict[str, Any]:
       nonlocal best_miou
       res = evaluate.evaluate(method, method.eval_variables(state), config, mesh, step=step, workdir=workdir)
-      writer.scalars(step, {'eval/miou': res['miou'], 'eval/pixel_accuracy': res['pixel_accuracy']})
+      writer.scalars(step, evaluate.scalars(res))  # eval/miou, pixel accuracy, mean Dice, the class set's means
       if res['miou'] > best_miou:
         best_miou = res['miou']
         save(step, best=True)

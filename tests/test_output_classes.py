@@ -87,7 +87,10 @@ def test_a_sixteen_output_oracle_trains_and_scores_its_16_classes(data_root, tmp
                                               'train.num_steps': 2}), workdir=workdir)
   with open(f'{workdir}/metrics.jsonl') as f:
     import json  # pylint: disable=g-import-not-at-top
-    loss = [json.loads(line)['loss'] for line in f if '"loss"' in line]
+    lines = [json.loads(line) for line in f if line.strip()]
+  loss = [l['loss'] for l in lines if 'loss' in l]
+  logged = [l for l in lines if 'eval/miou' in l]  # the class set's means reach metrics.jsonl / TensorBoard too
+  assert logged and {'eval/miou_16', 'eval/miou_13', 'eval/mean_dice'} <= set(logged[-1])
   assert loss and all(np.isfinite(loss)) and max(loss) < 10.0, loss
   ev = read_eval(workdir)
   assert ev['class_set'] == 'synthia16' and 'miou_16' in ev and 'miou_13' in ev
