@@ -47,7 +47,7 @@ VIDEO_KINDS = ('color', 'overlay')  # a video gives MP4s of these; label maps ne
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
 RESIZE_MODES = ('pad', 'resize')
 # The model fields a checkpoint's variables depend on (or whose forward pass they change); read from the run.
-RUN_MODEL_FIELDS = ('name', 'num_classes', 'multi_level', 'bn_mode', 'align_corners')
+RUN_MODEL_FIELDS = ('name', 'num_classes', 'output_classes', 'multi_level', 'bn_mode', 'align_corners')
 _CITYSCAPES_NAME = re.compile(r'^([^_]+)_(\d+)_(\d+)_leftImg8bit$')
 VIDEO_INSTALL = 'python3 -m pip install imageio-ffmpeg'
 

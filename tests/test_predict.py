@@ -300,3 +300,14 @@ def test_video_gives_mp4s_of_every_frame(run, tmp_path):
   result = app.run(predict_config(config, input=odd, output=out, write='overlay'), workdir=workdir, mode='predict')
   reader = ffmpeg.read_frames(os.path.join(out, 'odd_overlay.mp4'))
   assert next(reader)['size'] == (w + 1, h) and len(list(reader)) == 2 == result['num_images']
+
+
+def test_the_run_model_includes_its_output_classes(tmp_path):
+  """A 16-output SYNTHIA run (model.output_classes=synthia16) is rebuilt with 16 outputs, not this config's 19."""
+  import json  # pylint: disable=g-import-not-at-top
+  from configs import source_only  # pylint: disable=g-import-not-at-top
+  config = source_only.get_config()
+  (tmp_path / 'config.json').write_text(json.dumps({'model': {**config.model.to_dict(),
+                                                              'output_classes': 'synthia16'}}, default=str))
+  assert predict.with_run_model(config, str(tmp_path)).model.output_classes == 'synthia16'
+  assert config.model.output_classes == 'all'
