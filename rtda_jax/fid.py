@@ -228,17 +228,6 @@ def segmentation_network(module: Any, variables: Any, name: str, input_size: Seq
                         apply=apply, prepare=functools.partial(_prepare_pil, size))
 
 
-def _run_model_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """The `model` config of the run in `workdir` (its config.json), else this config's."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    logging.warning('%s has no config.json: building its network from this config (model.name=%s).', workdir,
-                    config.model.name)
-    return config.model
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f)['model'])
-
-
 def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """`fid.image_size` [H, W], or data.target_train_size when empty: the size a segmentation network is fed at."""
   size = tuple(int(s) for s in (config.fid.image_size or config.data.target_train_size))
@@ -250,7 +239,7 @@ def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 def run_network(config: ml_collections.ConfigDict) -> FeatureNetwork:
   """The segmentation network of the run `fid.feature_workdir` (WORKDIR[:best|last|STEP]) as a feature network."""
-  from rtda_jax import checkpointing, models  # pylint: disable=g-import-not-at-top
+  from rtda_jax import checkpointing, models, predict  # pylint: disable=g-import-not-at-top
   spec = config.fid.feature_workdir
   if not spec:
     raise errors.ConfigError('config.fid.feature_workdir is empty: name a trained run (e.g. runs/source_only) whose '
@@ -262,14 +251,15 @@ def run_network(config: ml_collections.ConfigDict) -> FeatureNetwork:
     raise errors.MissingFileError(f'{message} (`python main.py --config=configs/source_only.py` trains '
                                   "runs/source_only); or set config.fid.inception_weights for FID's Inception "
                                   'features.') from e
-  model_config = _run_model_config(config, info['workdir'])
+  model_config = predict.with_run_model(config, info['workdir']).model  # the run's architecture (its config.json)
   module = models.get_model(model_config)
   name = (f"{model_config.name} of {info['workdir']} ({info['kind']} step {info['step']}, global-average-pooled last "
           'backbone feature map)')
+  size = image_size(config)
   try:
-    return segmentation_network(module, variables, name, image_size(config))
+    return segmentation_network(module, variables, name, size)
   except ValueError as e:  # e.g. BiSeNet's multiple-of-32 input sizes
-    raise errors.ConfigError(f'config.fid.image_size={image_size(config)}: {e}') from e
+    raise errors.ConfigError(f'config.fid.image_size={size}: {e}') from e
 
 
 def feature_network(config: ml_collections.ConfigDict) -> FeatureNetwork:
