@@ -396,12 +396,18 @@ def set_statistics(network: FeatureNetwork, image_set: ImageSet, config: ml_coll
   return stats
 
 
+def batch_features(network: FeatureNetwork, batches: Iterable[Sequence[np.ndarray]], batch_size: int,
+                   mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """float32 [N, dim] features of every image of the batches, in order (none: [0, dim])."""
+  return np.concatenate([np.zeros((0, network.dim), np.float32),
+                         *iter_features(network, batches, batch_size, mesh)])
+
+
 def extract_features(network: FeatureNetwork, image_set: ImageSet, config: ml_collections.ConfigDict,
                      mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Every image's features [N, dim] float32, in the set's order."""
   batches = iter_images(image_set, config, int(config.fid.batch_size), int(config.fid.max_images))
-  feats = list(iter_features(network, batches, int(config.fid.batch_size), mesh))
-  return np.concatenate(feats) if feats else np.zeros((0, network.dim), np.float32)
+  return batch_features(network, batches, int(config.fid.batch_size), mesh)
 
 
 # ---- --mode=fid -----------------------------------------------------------------------------------------------------

@@ -212,13 +212,6 @@ def _counted(batches: Iterable[Sequence[np.ndarray]], bar: Any) -> Iterator[Sequ
     yield images
 
 
-def _features(network: fid.FeatureNetwork, batches: Iterable[Sequence[np.ndarray]], batch_size: int,
-              mesh: jax.sharding.Mesh | None) -> np.ndarray:
-  """float32 [N, dim] features of every image of the batches, in order (`fid.iter_features`)."""
-  return np.concatenate([np.zeros((0, network.dim), np.float32),
-                         *fid.iter_features(network, batches, batch_size, mesh)])
-
-
 def select_for_self_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
                              network: fid.FeatureNetwork | None = None) -> Selection | None:
   """The images of the target split `mbt.split` that `mbt.select` keeps; None for 'all' (every image). The built
@@ -248,8 +241,8 @@ def select_for_self_training(config: ml_collections.ConfigDict, mesh: jax.shardi
       try:
         if rule == 'fd':
           network = network or fid.feature_network(config)
-          ref_feats = _features(network, ref_batches, batch_size, mesh)  # [M, D]
-          distances = fd_distances(_features(network, pool_batches, batch_size, mesh), ref_feats,
+          ref_feats = fid.batch_features(network, ref_batches, batch_size, mesh)  # [M, D]
+          distances = fd_distances(fid.batch_features(network, pool_batches, batch_size, mesh), ref_feats,
                                    float(mbt.select_shrinkage))  # [N]
           info.update(shrinkage=float(mbt.select_shrinkage), network=network.name, note=network.note,
                       feature_dim=network.dim, input_size=list(network.input_size),
