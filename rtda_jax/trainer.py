@@ -48,21 +48,23 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._truncate_after(resume_step)
-    self.enabled = jax.process_index() == 0
+    self.enabled = jax.process_index() == 0  # one writer: the other processes of a launch write nothing
     self.tb = None
     if self.enabled:
+      self._truncate_after(resume_step)
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def _truncate_after(self, step: int) -> None:
-    """Drops lines logged after the checkpoint a run resumes from, so metrics.jsonl has each step once."""
+    """Drops lines logged after the checkpoint a run resumes from, so metrics.jsonl has each step once. Process 0
+    only, through a temporary file: a second process rewriting it as the first appended lost lines (CI, stop 20)."""
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self.path, 'w') as f:
+    with open(self.path + '.tmp', 'w') as f:
       f.writelines(kept)
+    os.replace(self.path + '.tmp', self.path)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:

@@ -271,6 +271,20 @@ def test_only_process_0_takes_the_lock(tmp_path, live_pid, monkeypatch):
     pass
 
 
+def test_only_process_0_rewrites_metrics_jsonl_on_resume(tmp_path, monkeypatch):
+  """A resumed run drops the lines logged after its checkpoint; a second process doing it too, while the first
+  appended, lost a line (stop 20's CI): the others leave the file alone."""
+  lines = [json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (2, 4)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(lines))
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  trainer.MetricWriter(str(tmp_path), resume_step=3).close()
+  assert (tmp_path / 'metrics.jsonl').read_text() == ''.join(lines)
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  trainer.MetricWriter(str(tmp_path), resume_step=3).close()
+  assert (tmp_path / 'metrics.jsonl').read_text() == lines[0]
+  assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl', 'tensorboard']  # no temporary file left
+
+
 def test_the_warm_start_stage_is_locked_while_it_trains(data_root, tmp_path, live_pid):
   stage = str(tmp_path / 'stage')
   write_lock(stage, pid=live_pid)
