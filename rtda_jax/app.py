@@ -38,8 +38,9 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
 SIZE_FIELDS = ('data.gta5_size', 'data.cityscapes_size', 'data.source_train_size', 'data.target_train_size',
                'data.synthetic.gta5_size', 'data.synthetic.cityscapes_size', 'eval.input_size')
 PAIR_FIELDS = ('adv.disc_betas', 'benchmark.adv.disc_betas')  # Adam's (beta1, beta2)
-# Modes that run JAX computations (and join a multi-process launch); `prepare` only builds files.
-_DISTRIBUTED_MODES = ('train', 'evaluate', 'pseudolabel')
+# Modes that join a multi-process launch: they split their work between the processes (`prepare` builds the
+# datasets on process 0 first, then the others find them built). The other modes run as one process.
+_DISTRIBUTED_MODES = ('train', 'evaluate', 'pseudolabel', 'prepare')
 
 
 def _fields(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, object]:
@@ -97,9 +98,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, mode: str
     raise errors.ConfigError(f'Unknown --mode={mode!r}; choose one of {MODES}.')
   check_config(config)
   workdir = workdir or default_workdir(config)
+  from rtda_jax import parallel  # pylint: disable=g-import-not-at-top
   if mode in _DISTRIBUTED_MODES:
-    from rtda_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
+  elif parallel.distributed_args() is not None:  # each process would do all of it, writing the same files at once
+    raise errors.ConfigError(
+        f'--mode={mode} runs as one process, and this is a launch of several (JAX_NUM_PROCESSES, srun with more '
+        f"than one task, mpirun): run it once, e.g. 'srun --ntasks=1 python main.py --mode={mode} ...'. It uses "
+        'every local device of its host.')
   enable_compilation_cache(config)
   logging.info('mode=%s workdir=%s config=%s', mode, workdir, config.name)
   if mode == 'prepare':

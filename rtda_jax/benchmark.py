@@ -37,7 +37,7 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from rtda_jax import models, trainer
+from rtda_jax import files, models, trainer
 
 # Dense peak TFLOP/s per device kind (substring of `device_kind`): (bfloat16, TF32). H100/H200 SXM.
 PEAK_TFLOPS = {'H100': (989.0, 494.7), 'H200': (989.0, 494.7), 'A100': (312.0, 156.0)}
@@ -396,9 +396,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'complexity.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + '.tmp', path)
+  files.write_json(path, results)
   print(f"{device['device_kind']} x{device['device_count']} ({device['platform']}), jax {device['jax']}, "
         f"float32 = {results['precision']['float32_effective']}")
   print(format_table(results))

@@ -156,7 +156,9 @@ class Checkpointer:
   @staticmethod
   def _remove_partial(manager: Any, step: int) -> None:
     """Deletes the temporary folder of a failed save (orbax's `<step>.orbax-checkpoint-tmp-*`) to give its space
-    back."""
+    back. Process 0 only: another process deleting it could pull it from under orbax's writer on process 0."""
+    if jax.process_index() != 0:
+      return
     for path in glob.glob(os.path.join(str(manager.directory), f'{step}.orbax-checkpoint-tmp*')):
       shutil.rmtree(path, ignore_errors=True)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -34,6 +33,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from rtda_jax import files
 from rtda_jax import labels as labels_lib
 from rtda_jax import metrics as metrics_lib
 from rtda_jax import parallel
@@ -196,10 +196,7 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
 def write_eval(workdir: str, result: dict[str, Any], shown: list[tuple[np.ndarray, ...]]) -> None:
   """eval.json (atomically) and image | ground truth | prediction strips in predictions/."""
   os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, 'eval.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, 'eval.json'))
+  files.write_json(os.path.join(workdir, 'eval.json'), result)
   out_dir = os.path.join(workdir, 'predictions')
   os.makedirs(out_dir, exist_ok=True)
   for i, strip in enumerate(prediction_strips(shown)):

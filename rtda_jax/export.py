@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rtda_jax import errors
+from rtda_jax import errors, files
 from rtda_jax import labels as labels_lib
 
 FORMATS = ('stablehlo', 'onnx')
@@ -233,13 +233,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = export_stablehlo(fn, image_size, platforms).serialize()
   else:
     data = export_onnx(fn, image_size, output).SerializeToString()
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.tmp', path)
+  files.write_atomic(path, data)
   meta = metadata(cfg, fmt, output, image_size, info, platforms, scales, flip)
   meta['bytes'] = len(data)
-  with open(os.path.join(out_dir, 'model.json'), 'w') as f:
-    json.dump(meta, f, indent=2)
+  files.write_json(os.path.join(out_dir, 'model.json'), meta)
   print(f'exported {info["workdir"]} ({info["kind"]} checkpoint, step {info["step"]}) as {fmt} '
         f'({output}, input [batch, {image_size[0]}, {image_size[1]}, 3] float32 0..255 RGB) to {path} '
         f'({len(data) / 1e6:.1f} MB)')

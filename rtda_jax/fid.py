@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from rtda_jax import errors, parallel
+from rtda_jax import errors, files, parallel
 
 FID_FILE = 'fid.json'
 EPS = 1e-6  # pytorch-fid's diagonal offset for a singular product
@@ -435,10 +434,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'b': {**sets[1].describe(), 'num_images': stats[1].count},
             'max_images': int(config.fid.max_images)}
   os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, FID_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=2, ensure_ascii=False)
-  os.replace(tmp, os.path.join(workdir, FID_FILE))
+  files.write_json(os.path.join(workdir, FID_FILE), result)
   parallel.say(f"{'FID' if network.fid else 'FD'} {sets[0].spec} ({stats[0].count} images) vs {sets[1].spec} "
                f"({stats[1].count} images): {distance:.4f}\n{network.note}.")
   return result

@@ -57,7 +57,7 @@ from absl import logging
 from PIL import Image
 
 from rtda_jax import data as data_lib
-from rtda_jax import evaluate
+from rtda_jax import evaluate, files
 from rtda_jax import labels as labels_lib
 from rtda_jax import parallel
 from rtda_jax import select as select_lib
@@ -459,11 +459,6 @@ def write_pseudo_labels(method: base.Method, members: Any, config: ml_collection
   return stats
 
 
-def write_json(path: str, obj: Any) -> None:
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False)
-
-
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -503,10 +498,9 @@ def make_pseudo_labels(method: base.Method, members: Any, config: ml_collections
     for other in ('train', 'val'):
       if other != split:
         link_split(raw_dir, tmp, other)
-    with open(os.path.join(tmp, INFO_FILE), 'w') as f:
-      json.dump(info, f, indent=2)
+    files.write_json(os.path.join(tmp, INFO_FILE), info)
     if selection is not None:
-      write_json(os.path.join(tmp, select_lib.SELECTION_FILE), selection.record())
+      files.write_json(os.path.join(tmp, select_lib.SELECTION_FILE), selection.record())
     data_lib.replace_folder(tmp, out_dir)
   _sync('pseudo_done')
   return {**info, 'pseudo_dir': out_dir}
@@ -529,19 +523,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   builders.prepare(config.data, raw_splits=evaluate.raw_splits(config))
   selection = select_lib.select_for_self_training(config, mesh, network)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    files.write_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2, sort_keys=True))
   members = parallel.replicate(members, mesh)
   result = evaluate_ensemble(method, members, config, mesh, step=min(steps), workdir=workdir)
   parallel.say(evaluate.format_table(result))
   info = make_pseudo_labels(method, members, config, mesh, selection=selection)
   info = {'members': [{'workdir': w, 'step': s} for w, s in zip(workdirs, steps)], **info}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, INFO_FILE), 'w') as f:
-      json.dump(info, f, indent=2)
+    files.write_json(os.path.join(workdir, INFO_FILE), info)
     if selection is not None:
-      write_json(os.path.join(workdir, select_lib.SELECTION_FILE), selection.record())
+      files.write_json(os.path.join(workdir, select_lib.SELECTION_FILE), selection.record())
   chosen = '' if selection is None else (f' selected by the {selection.rule!r} rule from {selection.pool_size} '
                                          f'(selection.json)')
   parallel.say(f"Pseudo-labels ({info['rule']} rule) of {info['num_images']} {info['split']} images{chosen} in "

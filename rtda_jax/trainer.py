@@ -24,7 +24,7 @@ from clu import parameter_overview as clu_overview
 from flax.training import train_state
 from tqdm import tqdm
 
-from rtda_jax import checkpointing, errors, evaluate, methods, parallel
+from rtda_jax import checkpointing, errors, evaluate, files, methods, parallel
 from rtda_jax.methods import base
 from rtda_jax.models import classes
 from rtda_jax.workdir import WorkdirLock, record_config
@@ -37,6 +37,15 @@ def data_seed(seed: int, domain: str) -> int:
   """A 31-bit integer seed for a domain's data order, derived from config.seed."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _DATA), ('source', 'target').index(domain))
   return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def _logged_at_or_before(line: str, step: int) -> bool:
+  """Whether a metrics.jsonl line is a record of `step` or earlier; False for a line cut short (a run killed while
+  it appended) or blank."""
+  try:
+    return json.loads(line)['step'] <= step
+  except (ValueError, KeyError, TypeError):
+    return False
 
 
 class MetricWriter:
@@ -61,10 +70,8 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self.path + '.tmp', 'w') as f:
-      f.writelines(kept)
-    os.replace(self.path + '.tmp', self.path)
+      kept = [line if line.endswith('\n') else line + '\n' for line in f if _logged_at_or_before(line, step)]
+    files.write_atomic(self.path, ''.join(kept))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -202,9 +209,7 @@ def _initial_evaluation(method: base.Method, state: Any, config: ml_collections.
   result = evaluate.evaluate(method, method.eval_variables(state), config, mesh, step=0)
   if jax.process_index() == 0:
     print(f'The warm-start model ({config.model.init_from}) before training: mIoU {result["miou"]:.2f}.')
-    with open(path + '.tmp', 'w') as f:
-      json.dump({**result, 'init_from': config.model.init_from}, f, indent=2)
-    os.replace(path + '.tmp', path)
+    files.write_json(path, {**result, 'init_from': config.model.init_from})
   return result
 
 

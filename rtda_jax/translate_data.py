@@ -15,7 +15,6 @@ swapped in when complete; `translate.json` in it records the translator, its ste
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rtda_jax import data as data_lib
-from rtda_jax import errors, parallel
+from rtda_jax import errors, files, parallel
 from rtda_jax.methods import base
 
 INFO_FILE = 'translate.json'
@@ -164,8 +163,7 @@ def write_translated(method: Any, params: Any, config: ml_collections.ConfigDict
   info = {**(about or {}), 'raw_dir': os.path.abspath(raw_dir), 'num_images': len(examples),
           'inference_size': t.inference_size, 'stored_size': list(config.data.gta5_size),
           'generator': {k: t[k] for k in ('ngf', 'num_blocks', 'upsample')}, 'output_dir': out_dir}
-  with open(os.path.join(tmp, INFO_FILE), 'w') as f:
-    json.dump(info, f, indent=2)
+  files.write_json(os.path.join(tmp, INFO_FILE), info)
   data_lib.replace_folder(tmp, out_dir)
   return info
 

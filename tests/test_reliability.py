@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rtda_jax import app, checkpointing, errors, trainer, workdir as workdirs
+from rtda_jax import app, checkpointing, errors, files, trainer, workdir as workdirs
 from tests.trainer_utils import TINY_MODEL, assert_trees_equal, read_eval, restore_params, tiny_config
 
 
@@ -283,6 +283,114 @@ def test_only_process_0_rewrites_metrics_jsonl_on_resume(tmp_path, monkeypatch):
   trainer.MetricWriter(str(tmp_path), resume_step=3).close()
   assert (tmp_path / 'metrics.jsonl').read_text() == lines[0]
   assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl', 'tensorboard']  # no temporary file left
+  # A run killed while it appended leaves a line cut short: the resume drops it instead of failing on it.
+  (tmp_path / 'metrics.jsonl').write_text(lines[0] + '{"step": 3, "lo')
+  trainer.MetricWriter(str(tmp_path), resume_step=3).close()
+  assert (tmp_path / 'metrics.jsonl').read_text() == lines[0]
+
+
+# ---- files several processes share ----------------------------------------------------------------------------------
+
+
+def test_concurrent_atomic_writes_never_show_a_partial_file(tmp_path):
+  """Two writers of one file and a reader, at once: every read parses and is one writer's whole file, and no
+  temporary file is left. With one shared `path + '.tmp'`, a writer's os.replace found it gone (FileNotFoundError)
+  or installed the other's half-written text."""
+  import threading  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'eval.json')
+  payloads = [{'writer': w, 'values': list(range(20000))} for w in range(2)]
+  failures, reads, done = [], [], threading.Event()
+
+  def write(w):
+    try:
+      for _ in range(40):
+        files.write_json(path, payloads[w])
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(e)
+
+  def read():
+    while not done.is_set():
+      if os.path.exists(path):
+        with open(path) as f:
+          reads.append(json.load(f)['writer'])  # a partial file fails to parse here
+
+  reader = threading.Thread(target=read)
+  reader.start()
+  writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+  for t in writers:
+    t.start()
+  for t in writers:
+    t.join()
+  done.set()
+  reader.join()
+  assert not failures, failures
+  assert reads and set(reads) <= {0, 1}
+  with open(path) as f:
+    assert json.load(f) in payloads
+  assert os.listdir(tmp_path) == ['eval.json']
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+  path = str(tmp_path / 'fid.json')
+  files.write_json(path, {'fd': 1.0})
+  with pytest.raises(TypeError):
+    files.write_json(path, {'fd': object()})  # not JSON: fails before anything is written
+  with pytest.raises(TypeError):
+    files.write_atomic(path, 12)  # fails while writing the temporary file
+  with open(path) as f:
+    assert json.load(f) == {'fd': 1.0}
+  assert os.listdir(tmp_path) == ['fid.json']
+
+
+def test_processes_that_find_a_domain_missing_at_once_generate_it_once(tmp_path):
+  """The embedded benchmark's folders: two processes of one host (threads here: flock excludes two open files of
+  one process as it does two processes) that both find the folder missing write it once; the second waits, then
+  finds it complete."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from rtda_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  out_dir, calls, results = str(tmp_path / 'gta5'), [], []
+
+  def write(folder):
+    calls.append(folder)
+    time.sleep(0.3)  # long enough for the other thread to arrive while this one writes
+    with open(os.path.join(folder, 'a.png'), 'w') as f:
+      f.write('image')
+
+  threads = [threading.Thread(target=lambda: results.append(synthetic._ensure(out_dir, {'v': 1}, write)))
+             for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert results == [out_dir, out_dir] and len(calls) == 1
+  assert sorted(os.listdir(out_dir)) == ['a.png', synthetic.MARKER]
+  assert sorted(os.listdir(tmp_path)) == ['gta5', 'gta5.lock']  # no temporary or old folder left
+
+
+@pytest.mark.parametrize('index', [0, 1])
+def test_in_a_launch_process_0_prepares_the_data_before_the_others(monkeypatch, index):
+  """builders.prepare in a 2-process launch: process 0 generates and builds, then every process meets at a
+  barrier, then the others open what process 0 built (so they never build the same files at once)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from rtda_jax.data import builders  # pylint: disable=g-import-not-at-top
+  events = []
+  monkeypatch.setattr(jax, 'process_count', lambda *a, **k: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda *a, **k: index)
+  monkeypatch.setattr(multihost_utils, 'sync_global_devices', lambda name: events.append('barrier'))
+  monkeypatch.setattr(builders, '_prepare', lambda *a: events.append('prepare') or {'gta5': index})
+  assert builders.prepare(None) == {'gta5': index}
+  assert events == (['prepare', 'barrier'] if index == 0 else ['barrier', 'prepare'])
+
+
+@pytest.mark.parametrize('mode', ['predict', 'export', 'fid', 'translate', 'benchmark'])
+def test_a_one_process_mode_in_a_multi_process_launch_is_refused(data_root, monkeypatch, mode):
+  """Each process would run the whole mode and write the same files at once: the mode says to run it once."""
+  for key, value in {'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1234', 'JAX_NUM_PROCESSES': '2',
+                     'JAX_PROCESS_ID': '1'}.items():
+    monkeypatch.setenv(key, value)
+  with pytest.raises(errors.ConfigError, match=f'--mode={mode} runs as one process.*srun --ntasks=1'):
+    app.run(cfg(data_root), workdir='unused', mode=mode)
 
 
 def test_the_warm_start_stage_is_locked_while_it_trains(data_root, tmp_path, live_pid):

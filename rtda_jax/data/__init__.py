@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from typing import Sequence
 
 
 def replace_folder(tmp: str, out_dir: str) -> None:
   """Swaps the complete folder `tmp` in as `out_dir` (the old one, if any, is moved aside and then deleted), so
   `out_dir` is at every moment either the old complete folder or the new one, never a partial write."""
-  old = f'{out_dir}.old-{os.getpid()}'
+  old = f'{out_dir}.old-{socket.gethostname()}-{os.getpid()}'  # one name per writer, across hosts too
   shutil.rmtree(old, ignore_errors=True)
   if os.path.exists(out_dir):
     os.replace(out_dir, old)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -49,7 +48,7 @@ from absl import logging
 from PIL import Image
 
 from rtda_jax import data as data_lib
-from rtda_jax import errors, labels
+from rtda_jax import errors, files, labels
 from rtda_jax.data import synthia
 
 DOMAINS = ('gta5', 'cityscapes', 'synthia')
@@ -591,18 +590,6 @@ def _read_source(builder: _SegmentationBuilder) -> dict[str, Any] | None:
     return json.load(f)
 
 
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-  """An exclusive lock, so that processes preparing the same dataset at once build it once."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_threads: int | None = None,
           splits: Sequence[str] | None = None, unknown_label_ids: str = 'error') -> _SegmentationBuilder:
   """Builds `domain` from `raw_dir` into `data_dir` at (H, W), or reuses an up-to-date build. Returns the builder.
@@ -611,7 +598,7 @@ def build(domain: str, raw_dir: str, data_dir: str, size: Sequence[int], num_thr
   holds them and whose raw files did not change is reused, else it is rebuilt with them (and the splits it had).
   `unknown_label_ids` ('error' | 'ignore', data.unknown_label_ids) applies while building."""
   check_unknown_label_ids(unknown_label_ids)
-  with _file_lock(os.path.join(data_dir, f'.{domain}-{size_name(size)}.lock')):
+  with files.file_lock(os.path.join(data_dir, f'.{domain}-{size_name(size)}.lock')):
     return _build_locked(domain, raw_dir, data_dir, size, num_threads, splits, unknown_label_ids)
 
 
@@ -643,8 +630,7 @@ def _build_locked(domain: str, raw_dir: str, data_dir: str, size: Sequence[int],
   builder.download_and_prepare(download_dir=os.path.join(data_dir, 'downloads'))
   source = {'raw_dir': os.path.abspath(raw_dir), 'fingerprint': fingerprint(selected), 'splits': list(selected),
             'num_examples': {s: len(e) for s, e in selected.items()}}
-  with open(os.path.join(os.fspath(builder.data_dir), SOURCE_FILE), 'w') as f:
-    json.dump(source, f, indent=2)
+  files.write_json(os.path.join(os.fspath(builder.data_dir), SOURCE_FILE), source)
   return make_builder(domain, data_dir, size)  # a fresh reader that sees the written splits
 
 
@@ -661,7 +647,22 @@ def prepare(data_config: ml_collections.ConfigDict, num_threads: int | None = No
 
   `raw_splits`: splits of the target domain (`data.target`) to build also at the raw resolution of their files,
   for an evaluation that scores there (the caller says which; evaluate.raw_splits); returned as '<target>_raw'.
+
+  In a multi-process launch process 0 generates and builds first while the others wait; then they find everything
+  built and only open it (a file lock orders the processes of one host, not those of several on a shared file
+  system). Every process of the launch must call it.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return _prepare(data_config, num_threads, raw_splits)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  out = _prepare(data_config, num_threads, raw_splits) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('rtda_jax.data.builders.prepare')
+  return out if out is not None else _prepare(data_config, num_threads, raw_splits)
+
+
+def _prepare(data_config: ml_collections.ConfigDict, num_threads: int | None,
+             raw_splits: Sequence[str]) -> dict[str, _SegmentationBuilder]:
   from rtda_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   unknown = check_unknown_label_ids(data_config.get('unknown_label_ids', 'error'))
   domains = prepared_domains(data_config)
@@ -705,13 +706,9 @@ def build_raw(domain: str, raw_dir: str, data_dir: str, splits: Sequence[str],
                        'build them at their raw resolution one at a time.')
   size = next(iter(sizes.values()))
   builder = build(domain, raw_dir, data_dir, size, num_threads, splits=splits, unknown_label_ids=unknown_label_ids)
-  with _file_lock(os.path.join(data_dir, f'.{domain}-raw-size.lock')):
+  with files.file_lock(os.path.join(data_dir, f'.{domain}-raw-size.lock')):
     record = {**_read_raw_sizes(data_dir, domain), **sizes}
-    path = _raw_size_path(data_dir, domain)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-      json.dump({s: list(v) for s, v in record.items()}, f, indent=2)
-    os.replace(tmp, path)
+    files.write_json(_raw_size_path(data_dir, domain), {s: list(v) for s, v in record.items()})
   return builder
 
 

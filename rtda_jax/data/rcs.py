@@ -28,7 +28,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from rtda_jax import labels
+from rtda_jax import files, labels
 from rtda_jax.data import builders, pipeline
 
 DAFORMER_MIN_PIXELS = 3000  # DAFormer's rare_class_sampling.min_pixels ...
@@ -194,10 +194,7 @@ def load_counts(data_config: ml_collections.ConfigDict, domain: str, split: str,
   record = {'version': STATS_VERSION, 'fingerprint': fp, 'domain': domain, 'split': split,
             'size': list(builder.size), 'classes': list(labels.CLASS_NAMES), 'names': names,
             'counts': counts.tolist()}
-  tmp = f'{path}.{os.getpid()}.tmp'  # processes sharing the folder may write at once: atomic replace
-  with open(tmp, 'w') as f:
-    json.dump(record, f)
-  os.replace(tmp, path)
+  files.write_json(path, record, indent=None)  # processes sharing the folder may write at once
   return counts
 
 

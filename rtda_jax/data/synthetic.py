@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import tempfile
 import time
 import zlib
 from typing import Any
@@ -32,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rtda_jax import data as data_lib
-from rtda_jax import labels
+from rtda_jax import files, labels
 from rtda_jax.data import synthetic_draw, synthetic_objects, synthia
 from rtda_jax.data.synthetic_styles import STYLES, Style, get_style  # noqa: F401 (re-exported)
 
@@ -194,16 +195,24 @@ def _read_marker(path: str) -> Any:
 
 
 def _ensure(out_dir: str, params: dict, write) -> str:
-  """Reuses out_dir if its marker matches `params`; else writes a fresh copy beside it and swaps it in."""
+  """Reuses out_dir if its marker matches `params`; else writes a fresh copy beside it and swaps it in. Under a
+  lock (`<out_dir>.lock`): processes of one host that find it missing at once write it once, the others wait."""
   params = json.loads(json.dumps(params))  # tuples -> lists, as read back
   if _read_marker(os.path.join(out_dir, MARKER)) == params:
     return out_dir
-  tmp = f'{out_dir}.tmp-{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
-  write(tmp)
-  with open(os.path.join(tmp, MARKER), 'w') as f:  # last: a folder with a marker is complete
-    json.dump(params, f, indent=1)
-  data_lib.replace_folder(tmp, out_dir)
+  with files.file_lock(out_dir + '.lock'):
+    if _read_marker(os.path.join(out_dir, MARKER)) == params:  # written by another process while this one waited
+      return out_dir
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out_dir)), prefix=os.path.basename(out_dir) + '.tmp-')
+    os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the benchmark from the other users of a shared root
+    try:
+      write(tmp)
+      with open(os.path.join(tmp, MARKER), 'w') as f:  # last: a folder with a marker is complete
+        json.dump(params, f, indent=1)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    data_lib.replace_folder(tmp, out_dir)
   return out_dir
 
 

@@ -1,0 +1,54 @@
+"""Writing files that other processes may read or write at the same moment: whole-file replacement through a
+temporary file of this writer's own, and an exclusive lock between the processes of one host.
+
+Several processes can share a workdir or a data root: the processes of a multi-process launch, an evaluation run
+while its training goes on, two launches on one data root. A reader must never see half a file, and two writers of
+the same file must not write into one temporary file (`path + '.tmp'` is one inode for both: one's `os.replace`
+installs what the other half wrote, and the other's `os.replace` fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+  """Writes `data` to `path` so that readers see the old file or the new one, never a part; the temporary file
+  (in the same folder, so the rename stays on one file system) is unique to this writer and removed on an error."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide results from the other users of a shared folder
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+  """`obj` as JSON (UTF-8, non-ASCII kept), written atomically (write_atomic)."""
+  write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False))
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+  """An exclusive lock on `path` (created if missing) between the processes of one host, held while the block runs:
+  processes preparing the same files at once prepare them once. Across hosts, a launch orders its processes
+  instead (builders.prepare: process 0 first)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
