@@ -1,11 +1,14 @@
-"""Test session set-up: 8 fake CPU devices (for the data-parallel tests) and a persistent compilation cache.
+"""Test session set-up: 8 fake CPU devices (for the data-parallel tests), XLA's backend optimisation off
+(tests/xla_flags.py: the suite is compile-bound) and a persistent compilation cache.
 
-Both must be configured before JAX initialises its backend, hence here.
+All must be configured before JAX initialises its backend, hence here. Flags already in XLA_FLAGS win.
 """
 
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from tests import xla_flags
+
+os.environ['XLA_FLAGS'] = xla_flags.with_test_flags(os.environ.get('XLA_FLAGS', ''))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402

@@ -15,6 +15,7 @@ import pytest
 
 from configs import common
 from rtda_jax import app, errors
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
@@ -22,7 +23,7 @@ CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
 
 
 def main_py(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags.subprocess_flags(), 'JAX_PLATFORMS': 'cpu'}
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
 

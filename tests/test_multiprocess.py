@@ -19,6 +19,7 @@ from PIL import Image
 
 from rtda_jax import errors, parallel
 from rtda_jax.data import pipeline
+from tests import xla_flags
 from tests.trainer_utils import TINY, TINY_MODEL, read_eval, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +152,7 @@ def _launch(spec: dict, num_processes: int, devices_per_process: int, timeout: f
   `devices_per_process` CPU devices; fails with their output unless every process exits 0, else returns each
   process's output (stdout and stderr)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_', 'JAX_', 'TPU_'))}
-  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags.subprocess_flags(devices_per_process))
   if num_processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{_free_port()}', JAX_NUM_PROCESSES=str(num_processes))
   script = _DRIVER.format(root=ROOT)

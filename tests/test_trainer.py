@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rtda_jax import app, checkpointing, parallel
+from tests import xla_flags
 from tests.trainer_utils import (TINY, TINY_MODEL, U32, assert_same_up_to_summation_order, assert_trees_equal,
                                  initial_state, random_batch, read_eval, restore_params, steps_on_mesh, tiny_config)
 
@@ -141,7 +142,7 @@ def test_command_line_end_to_end(data_root, tmp_path):
                                                   'cityscapes_size', 'source_train_size', 'target_train_size')],
           '--config.data.num_workers=0', '--config.train.batch_size=2', '--config.train.num_steps=2',
           '--config.num_devices=1']
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags.subprocess_flags(), 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, 'main.py', '--config=configs/oracle.py', f'--workdir={workdir}', *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -228,24 +228,6 @@ def test_schedule_is_cyclegans_linear_policy():
 # ---- four states, a frozen net --------------------------------------------------------------------------------------
 
 
-def test_discriminators_are_untouched_when_their_rate_is_0():
-  _, old, new, _ = one_step(make_config(**{'translate.disc_learning_rate': 0.0}), make_batch())
-  assert_trees_equal(old.d_s.params, new.d_s.params)
-  assert_trees_equal(old.d_t.params, new.d_t.params)
-  for name in ('g_st', 'g_ts'):
-    assert not np.array_equal(getattr(old, name).params['conv_out']['kernel'],
-                              getattr(new, name).params['conv_out']['kernel']), name
-
-
-def test_generators_are_untouched_when_their_rate_is_0():
-  _, old, new, _ = one_step(make_config(**{'translate.learning_rate': 0.0}), make_batch())
-  assert_trees_equal(old.g_st.params, new.g_st.params)
-  assert_trees_equal(old.g_ts.params, new.g_ts.params)
-  for name in ('d_s', 'd_t'):
-    assert not np.array_equal(getattr(old, name).params['classifier']['kernel'],
-                              getattr(new, name).params['classifier']['kernel']), name
-
-
 def test_the_segmentation_net_is_frozen_and_has_no_optimiser_state():
   config = make_config()
   method, state = init(config)
@@ -258,22 +240,6 @@ def test_the_segmentation_net_is_frozen_and_has_no_optimiser_state():
   assert_trees_equal(old.seg.batch_stats, new.seg.batch_stats)
   assert int(new.seg.step) == 0 and jax.tree.leaves(new.seg.opt_state) == []
   assert int(new.step) == 3
-
-
-def test_without_the_semantic_terms_the_segmentation_net_does_not_matter():
-  batch = make_batch()
-
-  def generators_after_a_step(config, seg_seed):
-    method, state = init(config)
-    other = method.init(jax.random.PRNGKey(seg_seed), {'source': SHAPE, 'target': SHAPE}).seg
-    new, _ = jax.jit(method.train_step)(state.replace(seg=other), batch)
-    return jax.device_get((new.g_st.params, new.g_ts.params))
-
-  off = make_config(**{'translate.semantic_weight': 0.0, 'translate.semantic_target_weight': 0.0})
-  assert_trees_equal(generators_after_a_step(off, 1), generators_after_a_step(off, 2))
-  on = make_config()
-  a, b = generators_after_a_step(on, 1), generators_after_a_step(on, 2)
-  assert not np.array_equal(a[0]['conv_out']['kernel'], b[0]['conv_out']['kernel'])
 
 
 def hand_built_losses(config, old, batch):
@@ -308,23 +274,33 @@ def hand_built_losses(config, old, batch):
 
 
 def test_generator_gradient_through_the_frozen_nets_equals_a_hand_built_one():
+  """Each network's gradient is that of its own loss, the other networks held constant: with
+  test_each_state_takes_adam_steps_of_its_own_gradient, no state is moved by another's loss (states never leak)."""
   config, batch = make_config(), make_batch()
   method, state = init(config)
   old = jax.device_get(state)
-  grads, _, metrics = jax.device_get(jax.jit(method.gradients)(state, batch))
+  gradients = jax.jit(method.gradients)
+  grads, _, metrics = jax.device_get(gradients(state, batch))
   generator_loss, d_s_loss, d_t_loss = hand_built_losses(config, old, batch)
-  loss, (g_st, g_ts) = jax.value_and_grad(generator_loss)((old.g_st.params, old.g_ts.params))
+  # jit: one compilation of each hand-built function instead of op-by-op dispatch (the same arithmetic).
+  loss, (g_st, g_ts) = jax.jit(jax.value_and_grad(generator_loss))((old.g_st.params, old.g_ts.params))
   np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
   assert_trees_close(grads['g_st'], g_st)
   assert_trees_close(grads['g_ts'], g_ts)
   # ... each discriminator's gradient is of its own loss only (detached fakes, real images of its domain).
-  assert_trees_close(grads['d_s'], jax.grad(d_s_loss)(old.d_s.params))
-  assert_trees_close(grads['d_t'], jax.grad(d_t_loss)(old.d_t.params))
-  # ... and the semantic terms are a visible part of the generators' gradient.
+  assert_trees_close(grads['d_s'], jax.jit(jax.grad(d_s_loss))(old.d_s.params))
+  assert_trees_close(grads['d_t'], jax.jit(jax.grad(d_t_loss))(old.d_t.params))
+  # ... the semantic terms are a visible part of the generators' gradient, through the frozen segmentation net:
+  # another segmentation net changes it, and without the terms the segmentation net does not matter.
+  other_seg = state.replace(seg=method.init(jax.random.PRNGKey(1), {'source': SHAPE, 'target': SHAPE}).seg)
+  kernel = lambda g: np.asarray(g['g_st']['conv_out']['kernel'])
+  scale = np.abs(kernel(grads)).max()
+  assert np.abs(kernel(jax.device_get(gradients(other_seg, batch)[0])) - kernel(grads)).max() > 1e-2 * scale
   no_sem = make_config(**{'translate.semantic_weight': 0.0, 'translate.semantic_target_weight': 0.0})
-  grads_no_sem, _, _ = jax.device_get(jax.jit(methods.get_method(no_sem).gradients)(state, batch))
-  scale = np.abs(g_st['conv_out']['kernel']).max()
-  assert np.abs(grads_no_sem['g_st']['conv_out']['kernel'] - g_st['conv_out']['kernel']).max() > 1e-2 * scale
+  gradients_no_sem = jax.jit(methods.get_method(no_sem).gradients)
+  grads_no_sem = jax.device_get(gradients_no_sem(state, batch)[0])
+  assert np.abs(kernel(grads_no_sem) - kernel(grads)).max() > 1e-2 * scale
+  assert_trees_equal(jax.device_get(gradients_no_sem(other_seg, batch)[0]), grads_no_sem)
 
 
 def test_each_state_takes_adam_steps_of_its_own_gradient():

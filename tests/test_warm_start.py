@@ -12,6 +12,7 @@ import pytest
 
 from rtda_jax import app, checkpointing, methods, trainer
 from rtda_jax.methods import adabn
+from tests import xla_flags
 from tests.trainer_utils import (TINY, TINY_MODEL, assert_trees_equal, random_batch, read_eval, restore_params,
                                  tiny_config)
 
@@ -118,7 +119,7 @@ def test_a_checkpoint_saved_over_other_devices_warm_starts_here(tmp_path):
           'assert jax.device_count() == 1 and info["step"] == 7, (jax.device_count(), info)\n'
           'np.testing.assert_array_equal(v["params"]["w"], np.arange(16.0))\n'
           'np.testing.assert_array_equal(v["batch_stats"]["mean"], np.full((3,), 0.5))\n')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS=xla_flags.subprocess_flags(), JAX_PLATFORMS='cpu')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
