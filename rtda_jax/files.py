@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
+def write_atomic(path: str, data: str | bytes | bytearray) -> None:
   """Writes `data` to `path` so that readers see the old file or the new one, never a part; the temporary file
   (in the same folder, so the rename stays on one file system) is unique to this writer and removed on an error."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   try:
-    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
+    with os.fdopen(fd, 'w' if isinstance(data, str) else 'wb') as f:
       f.write(data)
     os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide results from the other users of a shared folder
     os.replace(tmp, path)

@@ -365,7 +365,7 @@ def test_processes_that_find_a_domain_missing_at_once_generate_it_once(tmp_path)
     t.join()
   assert results == [out_dir, out_dir] and len(calls) == 1
   assert sorted(os.listdir(out_dir)) == ['a.png', synthetic.MARKER]
-  assert sorted(os.listdir(tmp_path)) == ['gta5', 'gta5.lock']  # no temporary or old folder left
+  assert sorted(os.listdir(tmp_path)) == ['.gta5.lock', 'gta5']  # no temporary or old folder left
 
 
 @pytest.mark.parametrize('index', [0, 1])

@@ -240,7 +240,8 @@ def test_ensure_benchmark_regenerates_when_parameters_change(tmp_path):
   data.synthetic.target_style = 'fog'
   synthetic.ensure_benchmark(data, workers=1)
   assert json.loads((tmp_path / 'synthetic/cityscapes/benchmark.json').read_text())['style'] == 'fog'
-  assert sorted(os.listdir(tmp_path / 'synthetic')) == ['cityscapes', 'gta5']  # no temporary folders left
+  synthetic_dir = sorted(os.listdir(tmp_path / 'synthetic'))
+  assert synthetic_dir == ['.cityscapes.lock', '.gta5.lock', 'cityscapes', 'gta5']  # no temporary folders left
 
 
 def test_ensure_benchmark_returns_real_dataset_folders_untouched(tmp_path):

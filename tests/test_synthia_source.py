@@ -138,7 +138,7 @@ def test_prepare_generates_synthia_only_for_synthia_runs(tmp_path):
   assert builders.prepared_domains(synthia_config(str(tmp_path)).data) == ('cityscapes', 'synthia')
   dirs = synthetic.ensure_domains(gta.data, ('cityscapes',), workers=1)
   assert set(dirs) == {'cityscapes'}
-  assert sorted(os.listdir(tmp_path / 'synthetic')) == ['cityscapes']  # neither GTA5 nor SYNTHIA written
+  assert sorted(os.listdir(tmp_path / 'synthetic')) == ['.cityscapes.lock', 'cityscapes']  # no GTA5, no SYNTHIA
 
 
 def test_real_synthia_dir_is_used_as_is(tmp_path):

@@ -148,9 +148,14 @@ def assert_same_up_to_summation_order(a, b, initial, n: int, num_steps: int = 1,
   the updates themselves). A data-parallel bug (a gradient summed instead of averaged: 8x the update) moves a leaf
   by a whole update, far above this bound for n u << 1.
 
-  With `adam_lr` (leaves trained by Adam): Adam's update is lr m/(sqrt(v) + eps), so an element whose gradient is
-  within the rounding of 0 gets a normalised update whose sign is a coin toss; |m / sqrt(v)| <= 1.5 for the first
-  steps with betas (0.9, 0.99). Such elements (at most 1% of a leaf) may differ by up to 2 * 1.5 * lr per step."""
+  With `adam_lr` (leaves trained by Adam): Adam's update is lr m/(sqrt(v) + eps), each element's gradient divided by
+  its own magnitude, so what bounds the difference is the *relative* rounding error of that element's gradient. For
+  a sum that cancels (a bias's gradient over n pixels, sum|terms| >> |sum|) that error has no bound below 1: the two
+  normalised updates can be anywhere in [-1.5, 1.5] (|m / sqrt(v)| <= 1.5 for the first steps with betas
+  (0.9, 0.99)). So an Adam leaf is checked per element within 2 * 1.5 * lr per step, the only bound that holds on
+  every CPU (session 5's "at most 1% of a leaf off" held with XLA's optimised CPU code and failed with
+  --xla_backend_optimization_level=0: 18 of 64 biases). Adam is invariant to the gradient's scale, so a mean-vs-sum
+  bug cannot show in its leaves anyway; the SGD-trained leaves carry that check."""
   la, lb, l0 = (jax.tree_util.tree_leaves_with_path(t) for t in (a, b, initial))
   assert [p for p, _ in la] == [p for p, _ in lb] == [p for p, _ in l0]
   update = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(x0, np.float64))))
@@ -159,9 +164,7 @@ def assert_same_up_to_summation_order(a, b, initial, n: int, num_steps: int = 1,
     x = np.asarray(x)
     atol = num_steps * n * U32 * update + 4 * U32 * float(np.max(np.abs(x)))
     if adam_lr:
-      off = np.abs(x.astype(np.float64) - np.asarray(y, np.float64)) > atol
-      assert off.mean() <= 0.01, f'{jax.tree_util.keystr(path)}: {off.sum()} of {off.size} elements off'
-      atol = atol + 3.0 * adam_lr * num_steps if off.any() else atol
+      atol += 3.0 * adam_lr * num_steps
     np.testing.assert_allclose(x, np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 

@@ -196,14 +196,16 @@ def _read_marker(path: str) -> Any:
 
 def _ensure(out_dir: str, params: dict, write) -> str:
   """Reuses out_dir if its marker matches `params`; else writes a fresh copy beside it and swaps it in. Under a
-  lock (`<out_dir>.lock`): processes of one host that find it missing at once write it once, the others wait."""
+  lock (`.<name>.lock` beside it): processes of one host that find it missing at once write it once, the others
+  wait."""
   params = json.loads(json.dumps(params))  # tuples -> lists, as read back
   if _read_marker(os.path.join(out_dir, MARKER)) == params:
     return out_dir
-  with files.file_lock(out_dir + '.lock'):
+  parent, name = os.path.split(os.path.abspath(out_dir))
+  with files.file_lock(os.path.join(parent, f'.{name}.lock')):
     if _read_marker(os.path.join(out_dir, MARKER)) == params:  # written by another process while this one waited
       return out_dir
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out_dir)), prefix=os.path.basename(out_dir) + '.tmp-')
+    tmp = tempfile.mkdtemp(dir=parent, prefix=name + '.tmp-')
     os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the benchmark from the other users of a shared root
     try:
       write(tmp)
