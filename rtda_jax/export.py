@@ -42,14 +42,18 @@ NORMALISATION = {
 }
 
 
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise errors.ConfigError(f'config.export.{field}={value!r}: choose one of {choices}.')
+
+
 def forward_fn(method: Any, variables: Any, image_size: tuple[int, int], output: str = 'softmax',
                scales: tuple[float, ...] = (1.0,), flip: bool = False,
                align_corners: bool | None = None) -> Callable[[jax.Array], jax.Array]:
   """images float32 [B, H, W, 3] 0..255 -> probabilities float32 [B, H, W, K] or train ids int32 [B, H, W]:
   evaluation's forward pass with `variables` closed over (so an export embeds them as constants)."""
   from rtda_jax import evaluate  # pylint: disable=import-outside-toplevel
-  if output not in OUTPUTS:
-    raise errors.ConfigError(f'config.export.output={output!r}: choose one of {OUTPUTS}.')
+  _check_choice('output', output, OUTPUTS)
 
   def forward(images: jax.Array) -> jax.Array:
     probs = evaluate.predict_probs(method, variables, images, tuple(image_size), scales=scales, flip=flip,
@@ -213,10 +217,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from rtda_jax import evaluate, predict  # pylint: disable=import-outside-toplevel
   e = config.export
   fmt, output = str(e.format), str(e.output)
-  if fmt not in FORMATS:
-    raise errors.ConfigError(f'config.export.format={fmt!r}: choose one of {FORMATS}.')
-  if output not in OUTPUTS:
-    raise errors.ConfigError(f'config.export.output={output!r}: choose one of {OUTPUTS}.')
+  _check_choice('format', fmt, FORMATS)
+  _check_choice('output', output, OUTPUTS)  # also forward_fn's check, before the model loads
   if fmt == 'onnx':
     _require_onnx()  # the clear message before the model loads
   method, variables, info, cfg = predict.load_run_model(config, workdir, e.checkpoint)

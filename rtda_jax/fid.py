@@ -311,10 +311,11 @@ def parse_image_set(spec: str, config: ml_collections.ConfigDict, field: str = '
 
 
 def _read_rgb(path: str) -> np.ndarray:
+  """[H, W, 3] uint8 RGB through predict.read_image (any mode Pillow reads, 16-bit grey scaled to 8 bits)."""
+  from rtda_jax import predict  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert('RGB'))
-  except OSError as e:
+    return predict.read_image(path)
+  except (OSError, ValueError) as e:
     raise errors.DataError(f'Cannot read the image {path}: {e}. Remove it from the folder or replace it.') from e
 
 
