@@ -111,14 +111,20 @@ def compute_metrics(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) ->
     fwiou = float(np.sum(np.where(gt > 0, gt / total * np.nan_to_num(iou), 0.0)))
   else:
     pixel_acc = fwiou = None
+  return {**_per_class_scores(class_names, iou, s['dice'], s['accuracy']), 'pixel_accuracy': _pct(pixel_acc),
+          'fwiou': _pct(fwiou)}
+
+
+def _per_class_scores(class_names: Sequence[str], iou: np.ndarray, dice: np.ndarray,
+                      accuracy: np.ndarray) -> dict[str, Any]:
+  """miou, per_class_iou, per_class_dice, mean_dice and mean_class_accuracy (percent) of [C] scores, nan where a
+  class has none (left out of the means, None in the per-class dicts)."""
   return {
       'miou': _pct(_nanmean_or_none(iou)),
       'per_class_iou': {name: _pct(float(v)) for name, v in zip(class_names, iou)},
-      'per_class_dice': {name: _pct(float(v)) for name, v in zip(class_names, s['dice'])},
-      'mean_dice': _pct(_nanmean_or_none(s['dice'])),
-      'pixel_accuracy': _pct(pixel_acc),
-      'mean_class_accuracy': _pct(_nanmean_or_none(s['accuracy'])),
-      'fwiou': _pct(fwiou),
+      'per_class_dice': {name: _pct(float(v)) for name, v in zip(class_names, dice)},
+      'mean_dice': _pct(_nanmean_or_none(dice)),
+      'mean_class_accuracy': _pct(_nanmean_or_none(accuracy)),
   }
 
 
@@ -154,14 +160,7 @@ def class_set_metrics(cm: np.ndarray, class_names: Sequence[str], class_set: str
   member = lambda subset: np.array([n in subset for n in class_names])  # [C] bool
   if len(names) < len(class_names):
     inside = member(names)
-    iou, dice, acc = (np.where(inside, s[k], np.nan) for k in ('iou', 'dice', 'accuracy'))
-    out.update({
-        'miou': _pct(_nanmean_or_none(iou)),
-        'per_class_iou': {name: _pct(float(v)) for name, v in zip(class_names, iou)},
-        'per_class_dice': {name: _pct(float(v)) for name, v in zip(class_names, dice)},
-        'mean_dice': _pct(_nanmean_or_none(dice)),
-        'mean_class_accuracy': _pct(_nanmean_or_none(acc)),
-    })
+    out.update(_per_class_scores(class_names, *(np.where(inside, s[k], np.nan) for k in ('iou', 'dice', 'accuracy'))))
   for key, subset in SUBSET_MIOUS[class_set].items():
     out[key] = _pct(_nanmean_or_none(np.where(member(subset), s['iou'], np.nan)))
   return out
