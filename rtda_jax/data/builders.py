@@ -331,23 +331,37 @@ def _unknown_ids_error(ex: Example, domain: str, ids: np.ndarray, counts: np.nda
 
 def _convert(ex: Example, size: tuple[int, int], lut: np.ndarray, domain: str | None = None,
              unknown_label_ids: str = 'error') -> tuple[dict[str, Any], bool]:
-  """convert_example, and whether the label has a pixel with a train id (not ignore)."""
-  if domain == 'synthia':
-    return _convert_synthia(ex, size, lut, unknown_label_ids)
+  """convert_example, and whether the label has a pixel with a train id (not ignore). Ids are mapped to train ids
+  at the label's own size, then resized nearest (the same as resizing the ids first: a pointwise map commutes with
+  picking the nearest pixel)."""
   h, w = size
-  (image, image_bytes), (label, _) = _load(ex.image_path), _load(ex.label_path)
-  _check_pair(ex, image.size, label.size, label.mode)
-  raw = np.asarray(label)  # [H, W] raw label ids ('P': the palette indices are the ids)
+  image, image_bytes = _load(ex.image_path)
+  raw = _raw_label(ex, image.size, domain)  # [H, W] label ids
   if domain in TABLE_IDS and unknown_label_ids == 'error':
     ids, counts = unknown_ids(raw, domain)
     if len(ids):
       raise _unknown_ids_error(ex, domain, ids, counts, raw.size)
-  image_png = _image_png(image, image_bytes, size)
-  if label.size != (w, h):
-    label = label.resize((w, h), Image.NEAREST)
-  train_ids = labels.to_train_ids(np.asarray(label), lut)  # [H, W] uint8, ids outside the table -> 255
-  example = {'image': image_png, 'label': encode_png(train_ids), 'name': ex.name}
+  train_ids = labels.to_train_ids(raw, lut)  # [H, W] uint8, ids outside the table -> 255
+  if train_ids.shape != (h, w):
+    train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.NEAREST))
+  example = {'image': _image_png(image, image_bytes, size), 'label': encode_png(train_ids), 'name': ex.name}
   return example, bool((train_ids != labels.IGNORE).any())
+
+
+def _raw_label(ex: Example, image_size: tuple[int, int], domain: str | None) -> np.ndarray:
+  """The label ids of `ex` ([H, W]: 8-bit ids, the palette indices of a 'P' PNG; SYNTHIA's 16-bit class ids through
+  synthia.read_label), checked to be the size of its image (W, H)."""
+  if domain != 'synthia':
+    label, _ = _load(ex.label_path)
+    _check_pair(ex, image_size, label.size, label.mode)
+    return np.asarray(label)
+  with _as_dataset_errors():
+    raw = synthia.read_label(ex.label_path, check_ids=False)  # [H, W] uint16 class ids
+  if image_size != (raw.shape[1], raw.shape[0]):
+    raise DatasetError(
+        f'Label {ex.label_path!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {ex.image_path!r} is '
+        f'{image_size[0]}x{image_size[1]}. Restore the right label, or delete both files, and prepare again.')
+  return raw
 
 
 def _image_png(image: Image.Image, image_bytes: bytes, size: tuple[int, int]) -> bytes:
@@ -359,28 +373,6 @@ def _image_png(image: Image.Image, image_bytes: bytes, size: tuple[int, int]) ->
   if rgb.size != (w, h):
     rgb = rgb.resize((w, h), Image.BILINEAR)  # antialiased when downscaling
   return encode_png(np.asarray(rgb))  # [H, W, 3]
-
-
-def _convert_synthia(ex: Example, size: tuple[int, int], lut: np.ndarray,
-                     unknown_label_ids: str) -> tuple[dict[str, Any], bool]:
-  """_convert for SYNTHIA: the 16-bit label through synthia.read_label, its class ids -> train ids, then resized."""
-  h, w = size
-  image, image_bytes = _load(ex.image_path)
-  with _as_dataset_errors():
-    raw = synthia.read_label(ex.label_path, check_ids=False)  # [H, W] uint16 class ids
-  if image.size != (raw.shape[1], raw.shape[0]):
-    raise DatasetError(
-        f'Label {ex.label_path!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {ex.image_path!r} is '
-        f'{image.size[0]}x{image.size[1]}. Restore the right label, or delete both files, and prepare again.')
-  if unknown_label_ids == 'error':
-    ids, counts = unknown_ids(raw, 'synthia')
-    if len(ids):
-      raise _unknown_ids_error(ex, 'synthia', ids, counts, raw.size)
-  train_ids = labels.to_train_ids(raw, lut)  # [H, W] uint8; ids outside the table -> 255
-  if train_ids.shape != (h, w):
-    train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.NEAREST))
-  example = {'image': _image_png(image, image_bytes, size), 'label': encode_png(train_ids), 'name': ex.name}
-  return example, bool((train_ids != labels.IGNORE).any())
 
 
 def convert_example(ex: Example, size: tuple[int, int], lut: np.ndarray, domain: str | None = None,
