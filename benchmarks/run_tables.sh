@@ -11,6 +11,17 @@
 #                                      # EXTRA is added to every run (not for the oracle, whose source is the target)
 #
 # Rows needing other rows of the same seed: fda_mbt* need fda_b001/b005/b009; fda_*_st need their fda_mbt*.
+#
+# Translation (issue 14): `translator` trains CycleGAN with the semantic loss through the stage's network
+# (configs/translate.py; `translator_nosem`: plain CycleGAN), then writes the translated source split to
+# <its workdir>/translated_gta5 (--mode=translate; the row is done when its translate.json exists). `translated`,
+# `translated_nosem` and `translated_fda` train source-only / FDA beta 0.01 on that folder. `tr_pl_<rule>` (rule fd,
+# histogram, random) pseudo-labels SELECT_K (default 150) target-train images chosen by that rule (the reference set
+# for fd and histogram: the translated source images; fd's features: the stage's network) with translated_fda as
+# the one member; `tr_st_<rule>` self-trains on them (FDA beta 0.01 on the translated source + the pseudo-labels).
+# STAGE (default OUT) is where stage_sS lives: a table on another target can start from the same source models,
+#   STAGE=runs/table_v2 OUT=runs/table_night EXTRA="--config.data.root=data_night
+#   --config.data.synthetic.target_style=night" bash benchmarks/run_tables.sh "0 1 2" adabn source_cont ...
 # <row>_bn (e.g. adv_single_bn) is AdaBN applied to that row's final model: its BatchNorm statistics re-estimated on
 # the target, which separates what a method did to the weights from what target batches did to the statistics.
 set -u
@@ -23,12 +34,27 @@ dacs_rcs source_cont_rcs adv_l0002 adv_l005 dacs_t090"}
 N0=${N0:-1000}
 N1=${N1:-200}
 OUT=${OUT:-runs/table_v2}
+STAGE=${STAGE:-$OUT}
+SELECT_K=${SELECT_K:-150}
+NT=${NT:-200}  # translator steps (the demo translator's)
+DATA_ROOT=${DATA_ROOT:-data}  # data.root of the runs (set it when EXTRA sets --config.data.root): pseudo-labels go there
 EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 
+translated() {  # translator row, seed -> the folder its --mode=translate wrote
+  echo "$OUT/$1_s$2/translated_gta5"
+}
+
+done_file() {  # row workdir -> the file whose existence means the row is done
+  case $1 in
+    translator|translator_nosem) echo "$2/translated_gta5/translate.json" ;;
+    *) echo "$2/eval.json" ;;
+  esac
+}
+
 row_args() {  # row seed -> the main.py arguments of that row
   local row=$1 s=$2
-  local warm="--config.model.init_from=$OUT/stage_s$s --config.model.init_steps=0"
+  local warm="--config.model.init_from=$STAGE/stage_s$s --config.model.init_steps=0"
   local n1="$warm --config.train.num_steps=$N1 --config.train.checkpoint_every_steps=$N1 --config.eval.every_steps=$N1"
   local members="$OUT/fda_b001_s$s,$OUT/fda_b005_s$s,$OUT/fda_b009_s$s"
   case $row in
@@ -54,12 +80,26 @@ row_args() {  # row seed -> the main.py arguments of that row
                        "--config.mbt.workdirs=$members --config.mbt.rule=cbst --config.mbt.cbst_portion=0.2" ;;
     fda_mbt_agree) echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=mbt_agree_s$s" \
                         "--config.mbt.workdirs=$members --config.mbt.rule=agreement" ;;
-    fda_mbt_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_fda_s$s" ;;
-    fda_mbt_cbst_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_cbst_s$s" ;;
-    fda_mbt_agree_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=data/pseudo/mbt_agree_s$s" ;;
+    fda_mbt_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/mbt_fda_s$s" ;;
+    fda_mbt_cbst_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/mbt_cbst_s$s" ;;
+    fda_mbt_agree_st) echo "--config=configs/fda.py:b001,selftrain $n1 --config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/mbt_agree_s$s" ;;
     dacs) echo "--config=configs/dacs.py $n1" ;;
     dacs_rcs) echo "--config=configs/dacs.py $n1 --config.data.rcs.enabled=True" ;;
     dacs_t090) echo "--config=configs/dacs.py $n1 --config.dacs.confidence_threshold=0.9" ;;  # threshold sweep
+    translator) echo "--config=configs/translate.py --config.translate.init_from=$STAGE/stage_s$s --config.train.num_steps=$NT" ;;
+    translator_nosem) echo "--config=configs/translate.py:nosem --config.train.num_steps=$NT" ;;
+    translated) echo "--config=configs/source_only.py $n1 --config.data.gta5_dir=$(translated translator "$s")" ;;
+    translated_nosem) echo "--config=configs/source_only.py $n1 --config.data.gta5_dir=$(translated translator_nosem "$s")" ;;
+    translated_fda) echo "--config=configs/fda.py:b001 $n1 --config.data.gta5_dir=$(translated translator "$s")" ;;
+    tr_pl_fd|tr_pl_histogram|tr_pl_random)
+      local rule=${row#tr_pl_}
+      echo "--config=configs/fda.py:mbt --mode=pseudolabel --config.mbt.name=tr_${rule}_s$s" \
+           "--config.mbt.workdirs=$OUT/translated_fda_s$s --config.mbt.select=$rule --config.mbt.select_k=$SELECT_K" \
+           "--config.mbt.select_reference=$(translated translator "$s")/images" \
+           "--config.fid.feature_workdir=$STAGE/stage_s$s --config.data.gta5_dir=$(translated translator "$s")" ;;
+    tr_st_fd|tr_st_histogram|tr_st_random)
+      echo "--config=configs/fda.py:b001,selftrain $n1 --config.data.gta5_dir=$(translated translator "$s")" \
+           "--config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/tr_${row#tr_st_}_s$s" ;;
     *_bn) echo "--config=configs/adabn.py --config.model.init_from=$OUT/${row%_bn}_s$s --config.model.init_steps=0" ;;
     *) echo "unknown row $row" >&2; return 1 ;;
   esac
@@ -68,7 +108,8 @@ row_args() {  # row seed -> the main.py arguments of that row
 for s in $SEEDS; do
   for row in $ROWS; do
     wd=$OUT/${row}_s$s
-    if [ -f "$wd/eval.json" ]; then echo "skip $wd (eval.json exists)"; continue; fi
+    marker=$(done_file "$row" "$wd")
+    if [ -f "$marker" ]; then echo "skip $wd ($(basename "$marker") exists)"; continue; fi
     args=$(row_args "$row" "$s") || exit 1
     mkdir -p "$wd"
     echo "$(date -u +%FT%TZ) start $wd: python main.py $args $EXTRA --config.seed=$s --workdir=$wd"
@@ -77,6 +118,11 @@ for s in $SEEDS; do
     [ "$row" = oracle ] && extra="" || extra=$EXTRA
     python main.py $args $extra --config.seed="$s" --workdir="$wd" > "$wd/run.log" 2>&1
     rc=$?
+    if [ $rc -eq 0 ] && [[ $row == translator* ]]; then  # then the translated source split, for the translated* rows
+      python main.py $args $extra --mode=translate --config.translate.output_dir="$wd/translated_gta5" \
+        --config.seed="$s" --workdir="$wd" >> "$wd/run.log" 2>&1
+      rc=$?
+    fi
     wall=$(( $(date +%s) - t0 ))
     echo "{\"row\": \"$row\", \"seed\": $s, \"rc\": $rc, \"wall_s\": $wall}" > "$wd/wall.json"
     echo "$(date -u +%FT%TZ) done $wd rc=$rc wall=${wall}s"

@@ -24,7 +24,8 @@ from rtda_jax import labels  # noqa: E402
 ROW_ORDER = ('stage', 'source_cont', 'adabn', 'aug_light', 'aug_strong', 'source_cont_rcs', 'adv_single',
              'adv_lambda0', 'adv_l0002', 'adv_l005', 'adv_multi', 'adv_feature', 'fda_b001', 'fda_b005', 'fda_b009',
              'fda_mbt', 'fda_mbt_st', 'fda_mbt_cbst', 'fda_mbt_cbst_st', 'fda_mbt_agree', 'fda_mbt_agree_st', 'dacs',
-             'dacs_rcs', 'dacs_t090', 'oracle',
+             'dacs_rcs', 'dacs_t090', 'translated', 'translated_nosem', 'translated_fda', 'tr_pl_fd', 'tr_st_fd',
+             'tr_pl_histogram', 'tr_st_histogram', 'tr_pl_random', 'tr_st_random', 'oracle',
              # protocol v1 (runs/table)
              'source_only', 'source_only_light', 'source_only_strong', 'adv_multi', 'adv_lambda001', 'fda_mbt_st')
 
