@@ -17,6 +17,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would have given: mkstemp's 0o600 would hide results from the group
+DIR_MODE = 0o777 & ~_UMASK
+
 
 def write_atomic(path: str, data: str | bytes | bytearray) -> None:
   """Writes `data` to `path` so that readers see the old file or the new one, never a part; the temporary file
@@ -25,9 +30,9 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   try:
-    with os.fdopen(fd, 'w' if isinstance(data, str) else 'wb') as f:
+    with (os.fdopen(fd, 'w', encoding='utf-8') if isinstance(data, str) else os.fdopen(fd, 'wb')) as f:
       f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide results from the other users of a shared folder
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -64,7 +64,9 @@ def distributed_args(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     return {'coordinator_address': address, 'num_processes': num_processes, 'process_id': process_id,
             'local_device_ids': local_device_ids, 'cluster_detection_method': 'deactivate'}
   # SLURM: inside an `srun` step of several tasks (a batch script's own shell is one process even with --ntasks>1).
-  if env.get('SLURM_STEP_NODELIST') and env.get('SLURM_PROCID') and int(env.get('SLURM_NTASKS', '1') or 1) > 1:
+  # The step's own task count first: an interactive allocation's shell is a step of one task under SLURM_NTASKS>1.
+  tasks = env.get('SLURM_STEP_NUM_TASKS') or env.get('SLURM_NTASKS') or '1'
+  if env.get('SLURM_STEP_NODELIST') and env.get('SLURM_PROCID') and int(tasks) > 1:
     return {}
   if int(env.get('OMPI_COMM_WORLD_SIZE', '1') or 1) > 1:
     return {}

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rtda_jax import errors
+from rtda_jax import errors, files
 from rtda_jax import labels as labels_lib
 
 KINDS = ('color', 'overlay', 'trainIds', 'labelIds')
@@ -439,8 +439,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  'written': [k for k in kinds if not video or k in VIDEO_KINDS], 'seconds': seconds,
                  'images_per_s': result['num_images'] / seconds if seconds > 0 else None})
   os.makedirs(output, exist_ok=True)
-  with open(os.path.join(output, 'predict.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  files.write_json(os.path.join(output, 'predict.json'), result)
   skipped = result['skipped']
   print(f'predicted {result["num_images"]} {"frames" if video else "images"} in {seconds:.1f} s '
         f'({result["images_per_s"] or 0:.1f}/s) into {output}; skipped {len(skipped)} file(s)'

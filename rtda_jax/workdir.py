@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from rtda_jax import errors
+from rtda_jax import errors, files
 
 LOCK_FILE = '.lock'
 HISTORY_FILE = 'config_history.jsonl'
@@ -184,10 +184,7 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: i
     return
   os.makedirs(workdir, exist_ok=True)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  files.write_atomic(os.path.join(workdir, 'config.json'), text)
   entry = {'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'), 'start_step': int(start_step),
            'config': json.loads(text)}
   with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:

@@ -57,7 +57,9 @@ def test_cluster_launches_use_jax_detection_and_single_processes_none():
   assert parallel.distributed_args(srun) == {}
   assert parallel.distributed_args({'OMPI_COMM_WORLD_SIZE': '2'}) == {}
   batch_script = {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}  # sbatch's shell, outside srun: one process
-  for single in ({}, batch_script, {**srun, 'SLURM_NTASKS': '1'}, {'OMPI_COMM_WORLD_SIZE': '1'},
+  interactive = {**srun, 'SLURM_PROCID': '0', 'SLURM_STEP_NUM_TASKS': '1'}  # salloc -n4's shell: a 1-task step
+  assert parallel.distributed_args({**srun, 'SLURM_STEP_NUM_TASKS': '4'}) == {}
+  for single in ({}, batch_script, interactive, {**srun, 'SLURM_NTASKS': '1'}, {'OMPI_COMM_WORLD_SIZE': '1'},
                  {**MANUAL, 'JAX_NUM_PROCESSES': '1', 'JAX_PROCESS_ID': '0'}):
     assert parallel.distributed_args(single) is None, single
 

@@ -375,11 +375,23 @@ def test_in_a_launch_process_0_prepares_the_data_before_the_others(monkeypatch, 
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from rtda_jax.data import builders  # pylint: disable=g-import-not-at-top
   events = []
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: True)
   monkeypatch.setattr(jax, 'process_count', lambda *a, **k: 2)
   monkeypatch.setattr(jax, 'process_index', lambda *a, **k: index)
   monkeypatch.setattr(multihost_utils, 'sync_global_devices', lambda name: events.append('barrier'))
   monkeypatch.setattr(builders, '_prepare', lambda *a: events.append('prepare') or {'gta5': index})
   assert builders.prepare(None) == {'gta5': index}
+  assert events == (['prepare', 'barrier'] if index == 0 else ['barrier', 'prepare'])
+  # A bad dataset: process 0 still reaches the barrier (the others would wait there), then every process raises.
+  events.clear()
+
+  def bad(*_):
+    events.append('prepare')
+    raise errors.DataError('a bad label')
+
+  monkeypatch.setattr(builders, '_prepare', bad)
+  with pytest.raises(errors.DataError, match='a bad label'):
+    builders.prepare(None)
   assert events == (['prepare', 'barrier'] if index == 0 else ['barrier', 'prepare'])
 
 

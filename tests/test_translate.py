@@ -304,7 +304,8 @@ def test_generator_gradient_through_the_frozen_nets_equals_a_hand_built_one():
 
 
 def test_each_state_takes_adam_steps_of_its_own_gradient():
-  config, batch = make_config(), make_batch()
+  # Different rates for generators and discriminators, so a swap of their schedules shows.
+  config, batch = make_config(**{'translate.disc_learning_rate': 1e-4}), make_batch()
   method, state = init(config)
   old = jax.device_get(state)
   grads, _, _ = jax.device_get(jax.jit(method.gradients)(state, batch))

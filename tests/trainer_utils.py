@@ -154,8 +154,9 @@ def assert_same_up_to_summation_order(a, b, initial, n: int, num_steps: int = 1,
   normalised updates can be anywhere in [-1.5, 1.5] (|m / sqrt(v)| <= 1.5 for the first steps with betas
   (0.9, 0.99)). So an Adam leaf is checked per element within 2 * 1.5 * lr per step, the only bound that holds on
   every CPU (session 5's "at most 1% of a leaf off" held with XLA's optimised CPU code and failed with
-  --xla_backend_optimization_level=0: 18 of 64 biases). Adam is invariant to the gradient's scale, so a mean-vs-sum
-  bug cannot show in its leaves anyway; the SGD-trained leaves carry that check."""
+  --xla_backend_optimization_level=0: 18 of 64 biases). This checks only the scale of the updates (a wrong learning
+  rate), not the gradients: Adam is invariant to the gradient's scale, so a mean-vs-sum bug cannot show in its leaves
+  anyway; the SGD-trained leaves carry that check."""
   la, lb, l0 = (jax.tree_util.tree_leaves_with_path(t) for t in (a, b, initial))
   assert [p for p, _ in la] == [p for p, _ in lb] == [p for p, _ in l0]
   update = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(x0, np.float64))))

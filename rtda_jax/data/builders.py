@@ -645,12 +645,19 @@ def prepare(data_config: ml_collections.ConfigDict, num_threads: int | None = No
   system). Every process of the launch must call it.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:  # one process: the backend is not started
     return _prepare(data_config, num_threads, raw_splits)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  out = _prepare(data_config, num_threads, raw_splits) if jax.process_index() == 0 else None
+  out, error = None, None
+  if jax.process_index() == 0:
+    try:
+      out = _prepare(data_config, num_threads, raw_splits)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # re-raised after the barrier: the others then meet the same error themselves instead of waiting
   multihost_utils.sync_global_devices('rtda_jax.data.builders.prepare')
-  return out if out is not None else _prepare(data_config, num_threads, raw_splits)
+  if error is not None:
+    raise error
+  return out if jax.process_index() == 0 else _prepare(data_config, num_threads, raw_splits)
 
 
 def _prepare(data_config: ml_collections.ConfigDict, num_threads: int | None,

@@ -206,7 +206,7 @@ def _ensure(out_dir: str, params: dict, write) -> str:
     if _read_marker(os.path.join(out_dir, MARKER)) == params:  # written by another process while this one waited
       return out_dir
     tmp = tempfile.mkdtemp(dir=parent, prefix=name + '.tmp-')
-    os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the benchmark from the other users of a shared root
+    os.chmod(tmp, files.DIR_MODE)  # mkdtemp's 0o700 would hide the benchmark from the other users of a shared root
     try:
       write(tmp)
       with open(os.path.join(tmp, MARKER), 'w') as f:  # last: a folder with a marker is complete
