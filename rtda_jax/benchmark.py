@@ -394,7 +394,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'config': json.loads(config.to_json_best_effort()), 'parameter_overview': overview, 'entries': entries,
       'wall_s': time.perf_counter() - start,
   }
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'complexity.json')
   files.write_json(path, results)
   print(f"{device['device_kind']} x{device['device_count']} ({device['platform']}), jax {device['jax']}, "

@@ -195,7 +195,6 @@ def evaluate(method: base.Method, variables: Any, config: ml_collections.ConfigD
 
 def write_eval(workdir: str, result: dict[str, Any], shown: list[tuple[np.ndarray, ...]]) -> None:
   """eval.json (atomically) and image | ground truth | prediction strips in predictions/."""
-  os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, 'eval.json'), result)
   out_dir = os.path.join(workdir, 'predictions')
   os.makedirs(out_dir, exist_ok=True)

@@ -434,7 +434,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'a': {**sets[0].describe(), 'num_images': stats[0].count},
             'b': {**sets[1].describe(), 'num_images': stats[1].count},
             'max_images': int(config.fid.max_images)}
-  os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, FID_FILE), result)
   parallel.say(f"{'FID' if network.fid else 'FD'} {sets[0].spec} ({stats[0].count} images) vs {sets[1].spec} "
                f"({stats[1].count} images): {distance:.4f}\n{network.note}.")

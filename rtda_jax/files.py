@@ -40,6 +40,17 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
     raise
 
 
+def temp_dir_beside(out_dir: str) -> str:
+  """A new empty folder `<out_dir>.tmp-XXXX` beside `out_dir` (same file system, so it can be swapped in with
+  data.replace_folder), unique to this writer, with the umask's permissions (mkdtemp's 0o700 would hide it from
+  the other users of a shared root)."""
+  parent, name = os.path.split(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=name + '.tmp-')
+  os.chmod(tmp, DIR_MODE)
+  return tmp
+
+
 def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
   """`obj` as JSON (UTF-8, non-ASCII kept), written atomically (write_atomic)."""
   write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -137,10 +136,7 @@ def write_translated(method: Any, params: Any, config: ml_collections.ConfigDict
   size = tuple(config.data.gta5_size) if t.inference_size == 'stored' else None
   fn = jax.jit(method.translate, out_shardings=parallel.batch_sharding(mesh))
   params = parallel.replicate(params, mesh)
-  parent, name = os.path.split(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=name + '.tmp-')  # this writer's own: two runs onto one folder do not mix
-  os.chmod(tmp, files.DIR_MODE)
+  tmp = files.temp_dir_beside(out_dir)  # this writer's own: two runs onto one folder do not mix
   for sub in ('images', 'labels'):
     os.makedirs(os.path.join(tmp, sub))
   if samples_dir:

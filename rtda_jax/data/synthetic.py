@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 import zlib
 from typing import Any
@@ -205,8 +204,7 @@ def _ensure(out_dir: str, params: dict, write) -> str:
   with files.file_lock(os.path.join(parent, f'.{name}.lock')):
     if _read_marker(os.path.join(out_dir, MARKER)) == params:  # written by another process while this one waited
       return out_dir
-    tmp = tempfile.mkdtemp(dir=parent, prefix=name + '.tmp-')
-    os.chmod(tmp, files.DIR_MODE)  # mkdtemp's 0o700 would hide the benchmark from the other users of a shared root
+    tmp = files.temp_dir_beside(out_dir)
     try:
       write(tmp)
       with open(os.path.join(tmp, MARKER), 'w') as f:  # last: a folder with a marker is complete
