@@ -22,6 +22,11 @@
 # STAGE (default OUT) is where stage_sS lives: a table on another target can start from the same source models,
 #   STAGE=runs/table_v2 OUT=runs/table_night EXTRA="--config.data.root=data_night
 #   --config.data.synthetic.target_style=night" bash benchmarks/run_tables.sh "0 1 2" adabn source_cont ...
+# `fd_<set>` rows write fid.json: the Fréchet distance on the stage's features (FD_MAX images a side, default 200)
+# from <set> to the target's val split: fd_source (the source's train split), fd_translated / fd_translated_nosem (the
+# translators' output folders); fd_source_translated is source train vs translated source.
+# ORACLE_EXTRA is added to the oracle only (EXTRA is not): on another target, the oracle needs its data flags, e.g.
+#   ORACLE_EXTRA="--config.data.root=data_night --config.data.synthetic.target_style=night".
 # <row>_bn (e.g. adv_single_bn) is AdaBN applied to that row's final model: its BatchNorm statistics re-estimated on
 # the target, which separates what a method did to the weights from what target batches did to the statistics.
 set -u
@@ -36,6 +41,8 @@ N1=${N1:-200}
 OUT=${OUT:-runs/table_v2}
 STAGE=${STAGE:-$OUT}
 SELECT_K=${SELECT_K:-150}
+FD_MAX=${FD_MAX:-200}
+ORACLE_EXTRA=${ORACLE_EXTRA:-}
 NT=${NT:-200}  # translator steps (the demo translator's)
 DATA_ROOT=${DATA_ROOT:-data}  # data.root of the runs (set it when EXTRA sets --config.data.root): pseudo-labels go there
 EXTRA=${EXTRA:-}
@@ -48,6 +55,7 @@ translated() {  # translator row, seed -> the folder its --mode=translate wrote
 done_file() {  # row workdir -> the file whose existence means the row is done
   case $1 in
     translator|translator_nosem) echo "$2/translated_gta5/translate.json" ;;
+    fd_*) echo "$2/fid.json" ;;
     *) echo "$2/eval.json" ;;
   esac
 }
@@ -100,6 +108,16 @@ row_args() {  # row seed -> the main.py arguments of that row
     tr_st_fd|tr_st_histogram|tr_st_random)
       echo "--config=configs/fda.py:b001,selftrain $n1 --config.data.gta5_dir=$(translated translator "$s")" \
            "--config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/tr_${row#tr_st_}_s$s" ;;
+    fd_source|fd_translated|fd_translated_nosem|fd_source_translated)
+      local a b=target:val
+      case $row in
+        fd_source) a=source:train ;;
+        fd_translated) a=$(translated translator "$s")/images ;;
+        fd_translated_nosem) a=$(translated translator_nosem "$s")/images ;;
+        fd_source_translated) a=source:train; b=$(translated translator "$s")/images ;;
+      esac
+      echo "--config=configs/source_only.py --mode=fid --config.fid.a=$a --config.fid.b=$b" \
+           "--config.fid.feature_workdir=$STAGE/stage_s$s --config.fid.max_images=$FD_MAX" ;;
     *_bn) echo "--config=configs/adabn.py --config.model.init_from=$OUT/${row%_bn}_s$s --config.model.init_steps=0" ;;
     *) echo "unknown row $row" >&2; return 1 ;;
   esac
@@ -115,7 +133,7 @@ for s in $SEEDS; do
     echo "$(date -u +%FT%TZ) start $wd: python main.py $args $EXTRA --config.seed=$s --workdir=$wd"
     t0=$(date +%s)
     # shellcheck disable=SC2086
-    [ "$row" = oracle ] && extra="" || extra=$EXTRA
+    [ "$row" = oracle ] && extra=$ORACLE_EXTRA || extra=$EXTRA
     python main.py $args $extra --config.seed="$s" --workdir="$wd" > "$wd/run.log" 2>&1
     rc=$?
     if [ $rc -eq 0 ] && [[ $row == translator* ]]; then  # then the translated source split, for the translated* rows

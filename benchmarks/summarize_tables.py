@@ -50,6 +50,32 @@ def load(root: str) -> dict[str, dict[int, dict]]:
   return runs
 
 
+def load_fd(root: str) -> dict[str, dict[int, dict]]:
+  """{row: {seed: fid.json}} for every `fd_*` row of benchmarks/run_tables.sh that finished under `root`."""
+  rows: dict[str, dict[int, dict]] = collections.defaultdict(dict)
+  for name in sorted(os.listdir(root)):
+    match = re.fullmatch(r'(fd_.+)_s(\d+)', name)
+    path = os.path.join(root, name, 'fid.json')
+    if match and os.path.exists(path):
+      with open(path) as f:
+        rows[match.group(1)][int(match.group(2))] = json.load(f)
+  return rows
+
+
+def print_fd(rows: dict[str, dict[int, dict]]) -> None:
+  """One Markdown row per `fd_*` row: the two sets, the FD per seed and its mean ± std, and the feature network."""
+  print()
+  print('| FD row | a | b | seeds | FD (mean ± std) | per seed | images a side | features |')
+  print('|---|---|---|---|---|---|---|---|')
+  for row, seeds in sorted(rows.items()):
+    first = seeds[min(seeds)]
+    m, s = mean_std([r['fd'] for r in seeds.values()])
+    per_seed = ', '.join(f's{k}: {seeds[k]["fd"]:.2f}' for k in sorted(seeds))
+    count = f'{first["a"]["num_images"]} / {first["b"]["num_images"]}'
+    print(f'| {row} | {first["a"]["spec"]} | {first["b"]["spec"]} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | '
+          f'{count} | {first["network"]} |')
+
+
 def train_speed(workdir: str, skip: int = 20) -> float | None:
   """Mean of the training loop's logged images/s (every domain's images counted) after the first `skip` steps."""
   path = os.path.join(workdir, 'metrics.jsonl')
@@ -73,6 +99,10 @@ def main() -> None:
   parser.add_argument('--per-class', action='store_true', help='also print the per-class IoU means')
   args = parser.parse_args()
   runs = load(args.root)
+  fd_rows = load_fd(args.root)
+  if not runs and fd_rows:
+    print_fd(fd_rows)
+    return
   if not runs:
     sys.exit(f'No finished runs (eval.json) under {args.root!r}; run benchmarks/run_tables.sh first.')
   miou = {row: [r['eval']['miou'] for _, r in sorted(seeds.items())] for row, seeds in runs.items()}
@@ -101,6 +131,9 @@ def main() -> None:
     speeds = [r['images_per_sec'] for r in runs[row].values() if r['images_per_sec'] is not None]
     speed = f'{statistics.fmean(speeds):.1f}' if speeds else '-'
     print(f'| {row} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | {gain} | {gap} | {speed} | {wall} |')
+
+  if fd_rows:
+    print_fd(fd_rows)
 
   if args.per_class:
     names = [label.name for label in labels.TRAIN_LABELS]
