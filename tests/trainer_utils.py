@@ -178,12 +178,11 @@ def assert_same_up_to_summation_order(a, b, initial, n: int, num_steps: int = 1,
   for (path, x), (_, y), (_, x0) in zip(la, lb, l0):
     x, y, x0 = f64(x), f64(y), f64(x0)
     name = jax.tree_util.keystr(path)
+    per_element = num_steps * n * U32 * largest + 4 * U32 * float(np.max(np.abs(x)))  # sums of n terms, rounding
     if adam_lr:
-      atol = num_steps * n * U32 * largest + 4 * U32 * float(np.max(np.abs(x))) + 3.0 * adam_lr * num_steps
-      np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=name)
+      np.testing.assert_allclose(x, y, rtol=0, atol=per_element + 3.0 * adam_lr * num_steps, err_msg=name)
       continue
-    floor = np.sqrt(x.size) * (num_steps * n * U32 * largest + 4 * U32 * float(np.max(np.abs(x))))
-    bound = num_steps * depth * n * U32 * float(np.linalg.norm(x - x0)) + floor
+    bound = num_steps * depth * n * U32 * float(np.linalg.norm(x - x0)) + np.sqrt(x.size) * per_element
     diff = float(np.linalg.norm(x - y))
     assert diff <= bound, (f'{name}: ||a - b|| = {diff:.3e} > {bound:.3e} (update norm {np.linalg.norm(x - x0):.3e}, '
                            f'largest change of any leaf {largest:.3e})')
