@@ -62,18 +62,28 @@ def load_fd(root: str) -> dict[str, dict[int, dict]]:
   return rows
 
 
+def seed_general(texts: dict[int, str]) -> str:
+  """One text for every seed's `texts[seed]`: each seed's own `_s<seed>` (a run folder of that seed, e.g.
+  runs/table_v2/stage_s1) written `_sS`; where the seeds still disagree, every seed's text (`s0: ...; s1: ...`)."""
+  general = {seed: re.sub(rf'_s{seed}(?![0-9])', '_sS', text) for seed, text in texts.items()}
+  if len(set(general.values())) == 1:
+    return next(iter(general.values()))
+  return '; '.join(f's{seed}: {texts[seed]}' for seed in sorted(texts))
+
+
 def print_fd(rows: dict[str, dict[int, dict]]) -> None:
-  """One Markdown row per `fd_*` row: the two sets, the FD per seed and its mean ± std, and the feature network."""
+  """One Markdown row per `fd_*` row: the two sets, the FD per seed and its mean ± std, the image counts and the
+  feature network, each written once for all seeds with `_sS` for the seed's own folders (see seed_general)."""
   print()
   print('| FD row | a | b | seeds | FD (mean ± std) | per seed | images a side | features |')
   print('|---|---|---|---|---|---|---|---|')
   for row, seeds in sorted(rows.items()):
-    first = seeds[min(seeds)]
     m, s = mean_std([r['fd'] for r in seeds.values()])
     per_seed = ', '.join(f's{k}: {seeds[k]["fd"]:.2f}' for k in sorted(seeds))
-    count = f'{first["a"]["num_images"]} / {first["b"]["num_images"]}'
-    print(f'| {row} | {first["a"]["spec"]} | {first["b"]["spec"]} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | '
-          f'{count} | {first["network"]} |')
+    a, b, count, network = (seed_general({k: field(r) for k, r in seeds.items()}) for field in (
+        lambda r: r['a']['spec'], lambda r: r['b']['spec'],
+        lambda r: f'{r["a"]["num_images"]} / {r["b"]["num_images"]}', lambda r: r['network']))
+    print(f'| {row} | {a} | {b} | {len(seeds)} | {m:.2f} ± {s:.2f} | {per_seed} | {count} | {network} |')
 
 
 def train_speed(workdir: str, skip: int = 20) -> float | None:
