@@ -24,7 +24,8 @@
 #   --config.data.synthetic.target_style=night" bash benchmarks/run_tables.sh "0 1 2" adabn source_cont ...
 # `fd_<set>` rows write fid.json: the Fréchet distance on the stage's features (FD_MAX images a side, default 200)
 # from <set> to the target's val split: fd_source (the source's train split), fd_translated / fd_translated_nosem (the
-# translators' output folders); fd_source_translated is source train vs translated source.
+# translators' output folders); fd_source_translated / fd_source_translated_nosem are source train vs that
+# translator's translated source.
 # ORACLE_EXTRA is added to the oracle only (EXTRA is not): on another target, the oracle needs its data flags, e.g.
 #   ORACLE_EXTRA="--config.data.root=data_night --config.data.synthetic.target_style=night".
 # <row>_bn (e.g. adv_single_bn) is AdaBN applied to that row's final model: its BatchNorm statistics re-estimated on
@@ -108,13 +109,14 @@ row_args() {  # row seed -> the main.py arguments of that row
     tr_st_fd|tr_st_histogram|tr_st_random)
       echo "--config=configs/fda.py:b001,selftrain $n1 --config.data.gta5_dir=$(translated translator "$s")" \
            "--config.selftrain.pseudo_dir=$DATA_ROOT/pseudo/tr_${row#tr_st_}_s$s" ;;
-    fd_source|fd_translated|fd_translated_nosem|fd_source_translated)
+    fd_source|fd_translated|fd_translated_nosem|fd_source_translated|fd_source_translated_nosem)
       local a b=target:val
       case $row in
         fd_source) a=source:train ;;
         fd_translated) a=$(translated translator "$s")/images ;;
         fd_translated_nosem) a=$(translated translator_nosem "$s")/images ;;
         fd_source_translated) a=source:train; b=$(translated translator "$s")/images ;;
+        fd_source_translated_nosem) a=source:train; b=$(translated translator_nosem "$s")/images ;;
       esac
       echo "--config=configs/source_only.py --mode=fid --config.fid.a=$a --config.fid.b=$b" \
            "--config.fid.feature_workdir=$STAGE/stage_s$s --config.fid.max_images=$FD_MAX" ;;
