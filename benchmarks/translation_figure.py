@@ -1,7 +1,7 @@
 """Original source images beside their translations, one image per row, one folder per column, as one PNG (the
 README's translation pictures).
 
-  python benchmarks/translation_figure.py --out docs/translate/table_s0.png --n 3 \\
+  python benchmarks/translation_figure.py --out docs/translate/table.png --n 3 \\
       data/synthetic/gta5/images runs/table_v2/translator_s0/translated_gta5/images \\
       runs/table_night/translator_s0/translated_gta5/images --titles original "to day" "to night"
 
@@ -16,10 +16,11 @@ import argparse
 import os
 import sys
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-TITLE_HEIGHT = 14
+TITLE_HEIGHT = 20
+TITLE_SIZE = 15  # Pillow's built-in font at this size (10 px, its default, is hard to read beside 128-px images)
 GAP = 2
 
 
@@ -50,8 +51,12 @@ def figure(folders: list[str], names: list[str], height: int, titles: list[str])
   canvas = Image.new('RGB', (sum(widths) + GAP * (len(widths) - 1), top + len(rows) * (height + GAP) - GAP),
                      (255, 255, 255))
   draw = ImageDraw.Draw(canvas)
+  try:
+    font = ImageFont.load_default(size=TITLE_SIZE)  # Pillow >= 10.1 with FreeType
+  except (TypeError, ImportError):
+    font = ImageFont.load_default()
   for c, title in enumerate(titles):
-    draw.text((sum(widths[:c]) + GAP * c + 2, 1), title, fill=(0, 0, 0))
+    draw.text((sum(widths[:c]) + GAP * c + 3, 1), title, fill=(0, 0, 0), font=font)
   for r, row in enumerate(rows):
     for c, cell in enumerate(row):
       canvas.paste(cell, (sum(widths[:c]) + GAP * c, top + r * (height + GAP)))
