@@ -4,9 +4,7 @@ convolutions; the PyTorch twin's logits against ours (only where torch is instal
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +16,8 @@ from jax.extend import core as jex_core
 from configs import oracle
 from rtda_jax import benchmark, methods, models
 from rtda_jax.methods import base
+from tests.script_utils import load_benchmark_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESOLUTION = (64, 128)
 
 
@@ -173,9 +171,7 @@ def test_cost_flops_reads_a_dict_or_a_list():
 
 def test_pytorch_twin_bisenet_gives_our_logits():
   pytest.importorskip('torch')
-  spec = importlib.util.spec_from_file_location('pytorch_twin', os.path.join(ROOT, 'benchmarks', 'pytorch_twin.py'))
-  twin = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(twin)
+  twin = load_benchmark_script('pytorch_twin')
   check = twin.parity('bisenet', resolution=(64, 96), batch=2)
   assert check['max_abs_logit'] > 1.0
   assert check['max_abs_diff'] <= 1e-3 * check['max_abs_logit']

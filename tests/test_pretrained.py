@@ -12,6 +12,7 @@ import pytest
 from rtda_jax import models
 from rtda_jax.models import pretrained
 from rtda_jax.models.resnet import ResNet
+from tests.script_utils import load_benchmark_script
 
 
 def torchvision_resnet_state_dict(depth: int, seed: int = 0, prefix: str = '', fc: bool = True
@@ -285,13 +286,7 @@ def test_flax_resnet_matches_pytorch(depth, caffe_style, size):
 # ---- the PyTorch twin (benchmarks/pytorch_twin.py) in training ----------------------------------------------------
 
 def _twin_module():
-  import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'pytorch_twin.py')
-  spec = importlib.util.spec_from_file_location('pytorch_twin', path)
-  twin = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(twin)
-  return twin
+  return load_benchmark_script('pytorch_twin')
 
 
 @pytest.mark.parametrize('name, bn_mode, align_corners, resolution', [

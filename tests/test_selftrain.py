@@ -6,7 +6,6 @@ in the folder and its build; 'all' as before), and the pseudo-label quality scri
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -21,10 +20,10 @@ from configs import fda as fda_config
 from rtda_jax import app, labels, parallel, select, selftrain
 from rtda_jax.data import builders, pipeline
 from rtda_jax.methods import fda
+from tests.script_utils import load_benchmark_script
 from tests.test_fda import TINY_MODEL
 from tests.trainer_utils import read_eval, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = {'model.name': TINY_MODEL, 'train.num_steps': 4}
 # A confidence v <= 1 goes to bin floor(fl32(v * num_bins)); the float32 product is within 2^-24 * num_bins of
 # v * num_bins, so a threshold's lower bin edge lies in [v - 1/num_bins - 2^-24, v + 2^-24]; its float32 cast, used
@@ -479,10 +478,7 @@ def test_select_all_writes_what_selecting_the_whole_split_writes(member_runs):
 
 
 def test_pseudo_label_quality_reports_per_class_precision(tmp_path):
-  spec = importlib.util.spec_from_file_location('pseudo_label_quality',
-                                                os.path.join(ROOT, 'benchmarks', 'pseudo_label_quality.py'))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_benchmark_script('pseudo_label_quality')
   name = 'gtFine/train/x/x_000000_000019_gtFine_labelIds.png'
   truth = np.array([[0, 0, 0, 13], [13, 13, 2, 255]], np.uint8)  # train ids: road, car, building, unlabelled
   pseudo = np.array([[0, 0, 13, 13], [13, 255, 13, 0]], np.uint8)  # car on road and building; ignored; on unlabelled

@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.script_utils import load_benchmark_script
 
 
 def summarize():
-  spec = importlib.util.spec_from_file_location('summarize_tables',
-                                                os.path.join(ROOT, 'benchmarks', 'summarize_tables.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark_script('summarize_tables')
 
 
 def write_fd(root, row, seed, fd, a_spec, network, num_a=200):

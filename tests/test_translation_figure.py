@@ -4,22 +4,17 @@ a name missing from a later folder is an error naming both folders."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.script_utils import load_benchmark_script
 
 
 def module():
-  spec = importlib.util.spec_from_file_location('translation_figure',
-                                                os.path.join(ROOT, 'benchmarks', 'translation_figure.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_benchmark_script('translation_figure')
 
 
 def write(folder, name, colour, size=(32, 16)):
